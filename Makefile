@@ -1,0 +1,60 @@
+# Seedline — the two commands are `make dev` and `make test`; everything else supports them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install dev test lint typecheck buf-lint buf-breaking gen gen-check baseline pytest bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the whole local stack: embedded PostgreSQL, migrations, gRPC server, Envoy (Ctrl-C stops it).
+dev: install
+	$(BIN)/seedline dev
+
+## Everything CI checks.
+test: install lint typecheck buf-lint buf-breaking gen-check pytest
+
+lint: install
+	$(BIN)/ruff check src tests tools bench
+	$(BIN)/ruff format --check src tests tools bench
+
+typecheck: install
+	$(BIN)/mypy
+
+buf-lint: install
+	$(BIN)/python tools/gen.py image $(VENV)/contract.binpb
+	$(BIN)/buf lint $(VENV)/contract.binpb --config buf.yaml
+
+## Wire and JSON compatibility against the committed baseline; refresh it with `make baseline`.
+buf-breaking: install
+	$(BIN)/python tools/gen.py image $(VENV)/contract.binpb
+	$(BIN)/buf breaking $(VENV)/contract.binpb --against gen/contract-baseline.binpb --config buf.yaml
+
+## An intended breaking change: refresh the baseline in the same commit as the proto change.
+baseline: install
+	$(BIN)/python tools/gen.py image gen/contract-baseline.binpb
+
+gen: install
+	$(BIN)/python tools/gen.py all
+
+## Fails when gen/ differs from what proto/ generates.
+gen-check: gen
+	@git add -N gen >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gen || { echo "gen/ is stale: run 'make gen' and commit it"; exit 1; }
+
+pytest: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python bench/bench_rpc.py
+
+clean:
+	rm -rf $(VENV) .seedline
