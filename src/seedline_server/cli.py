@@ -95,7 +95,7 @@ def dev() -> None:
     url, started = _database(settings)
     pki = write_dev_pki(settings.data_dir / "certs")
     descriptor = REPO / "gen" / "seedline.protoset"
-    envoy = edge.EnvoyProcess()
+    envoy = edge.EnvoyProcess(admin_port=settings.envoy_admin_port, inherit_stdout=False)
 
     async def ready(running: server.Running) -> None:
         config = edge.render_envoy_config(

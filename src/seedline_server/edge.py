@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ __all__ = [
     "envoy_binary",
     "render_envoy_config",
     "services_in_descriptor",
+    "streaming_methods",
     "validate_envoy_config",
 ]
 
@@ -97,6 +99,7 @@ def render_envoy_config(
         SERVER_KEY=json.dumps(str(pki.server_key.resolve())),
         PARTNER_URI_PREFIX=json.dumps(PARTNER_URI_PREFIX),
         SERVICES=json.dumps(list(services)),
+        STREAMING_PATHS_REGEX=json.dumps(_paths_regex(streaming_methods(descriptor, services))),
     )
 
 
@@ -112,14 +115,45 @@ def services_in_descriptor(descriptor: Path, package_prefix: str = "seedline.") 
         Fully-qualified service names (e.g. ``seedline.license.v1.LicenseService``), sorted.
 
     """
+    names = {name for name, _ in _services(descriptor)}
+    return sorted(name for name in names if name.startswith(package_prefix))
+
+
+def streaming_methods(descriptor: Path, services: Sequence[str]) -> list[str]:
+    """List the client-, server- or bidirectionally-streaming methods of some services.
+
+    Args:
+        descriptor: A serialized ``google.protobuf.FileDescriptorSet``.
+        services: Fully-qualified service names to look at.
+
+    Returns:
+        The methods' gRPC paths, ``/<package>.<Service>/<Method>``, sorted.
+    """
+    wanted = set(services)
+    return sorted(
+        f"/{name}/{method.name}"
+        for name, service in _services(descriptor)
+        if name in wanted
+        for method in service.method
+        if method.client_streaming or method.server_streaming
+    )
+
+
+def _services(descriptor: Path) -> list[tuple[str, descriptor_pb2.ServiceDescriptorProto]]:
     files = descriptor_pb2.FileDescriptorSet()
     files.ParseFromString(descriptor.read_bytes())
-    names = {
-        f"{file.package}.{service.name}" if file.package else service.name
+    return [
+        (f"{file.package}.{service.name}" if file.package else service.name, service)
         for file in files.file
         for service in file.service
-    }
-    return sorted(name for name in names if name.startswith(package_prefix))
+    ]
+
+
+def _paths_regex(paths: Sequence[str]) -> str:
+    """Return an RE2 regex matching exactly ``paths`` (or nothing when there are none)."""
+    if not paths:
+        return "[^\\x00-\\x{10FFFF}]"  # an empty character class: matches no path
+    return "|".join(re.escape(path) for path in paths)
 
 
 def envoy_binary() -> str:
@@ -333,23 +367,40 @@ class EnvoyProcess:
                 code = None if process is None else process.returncode
                 raise EnvoyError(f"envoy exited during start-up (exit {code}):\n{self.log_tail()}")
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=1.0)
-                try:
-                    connection.request("GET", "/ready")
-                    response = connection.getresponse()
-                    body = response.read().decode(errors="replace").strip()
-                finally:
-                    connection.close()
-                if response.status == 200 and body == "LIVE":
-                    return
-                last = f"HTTP {response.status} {body}"
-            except OSError as exc:
+                status, body = self._admin_get("/ready")
+                if status == 200 and body.strip() == "LIVE":
+                    # Another Envoy may own the admin port (ours then fails to bind and exits):
+                    # only our process was started with our config file.
+                    if self._admin_config_path() == str(self.config_path):
+                        return
+                    last = "the admin port answers for a different Envoy"
+                else:
+                    last = f"HTTP {status} {body.strip()}"
+            except (OSError, ValueError) as exc:
                 last = str(exc)
             if time.monotonic() >= deadline:
                 raise EnvoyError(
                     f"envoy not ready after {timeout:g}s (admin /ready: {last}):\n{self.log_tail()}"
                 )
             time.sleep(0.1)
+
+    def _admin_get(self, path: str) -> tuple[int, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=2.0)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        finally:
+            connection.close()
+
+    def _admin_config_path(self) -> str | None:
+        status, body = self._admin_get("/server_info")
+        if status != 200:
+            return None
+        info = json.loads(body)
+        options = info.get("command_line_options", {}) if isinstance(info, dict) else {}
+        path = options.get("config_path") if isinstance(options, dict) else None
+        return path if isinstance(path, str) else None
 
     def __enter__(self) -> EnvoyProcess:
         return self

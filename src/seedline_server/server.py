@@ -17,12 +17,14 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from seedline.auth.v1 import auth_pb2_grpc
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server import contract
 from seedline_server.api import unimplemented
+from seedline_server.api.auth import AuthServicer
 from seedline_server.api.interceptor import CallInterceptor
 from seedline_server.api.license import LicenseServicer
 from seedline_server.api.plant import PlantServicer
@@ -32,7 +34,11 @@ from seedline_server.service.uow import Database
 
 log = structlog.get_logger("seedline.server")
 
-_IMPLEMENTED = {"seedline.license.v1.LicenseService", "seedline.plant.v1.PlantService"}
+_IMPLEMENTED = {
+    "seedline.auth.v1.AuthService",
+    "seedline.license.v1.LicenseService",
+    "seedline.plant.v1.PlantService",
+}
 
 
 @dataclass
@@ -89,6 +95,7 @@ async def start(settings: Settings, database_url: str) -> Running:
         )
         license_pb2_grpc.add_LicenseServiceServicer_to_server(license_servicer, server)
         plant_pb2_grpc.add_PlantServiceServicer_to_server(plant_servicer, server)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(), server)
         server.add_generic_rpc_handlers(others)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

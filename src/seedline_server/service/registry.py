@@ -171,6 +171,10 @@ def _apply_mask(row: models.Base, changes: dict[str, Any], mask: Sequence[str], 
         raise InvalidUpdateMask(
             f"update_mask names fields that cannot be updated: {', '.join(bad)} (mutable: {', '.join(sorted(mutable))})"
         )
+    if "display_name" in paths and not str(changes["display_name"]).strip():
+        from seedline_server.domain.errors import FieldViolation, InvalidArgument
+
+        raise InvalidArgument("display_name cannot be empty", [FieldViolation("display_name", "must not be empty")])
     for path in paths:
         setattr(row, path, changes[path])
 

@@ -47,7 +47,10 @@ class _LotStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LotStatus.V
     LOT_STATUS_DESTROYED: _LotStatus.ValueType  # 5
     """Destroyed: quantity 0, locked, kept for the record."""
     LOT_STATUS_DEPLETED: _LotStatus.ValueType  # 6
-    """Quantity reached 0 through splits, conversions, samples or adjustments; locked."""
+    """Quantity reached 0 through splits, conversions, samples or adjustments. Locked, except
+    that an AdjustLot correction (reason ENTRY_ERROR or INVENTORY_COUNT) or the return of a
+    voided sample puts material back and makes the lot AVAILABLE (or QUARANTINED) again.
+    """
     LOT_STATUS_TRANSFERRED: _LotStatus.ValueType  # 7
     """Delivered on a transfer and accepted; the receiving license holds a new lot (origin
     TRANSFER) that records this one as its source. Locked.
@@ -75,7 +78,10 @@ LOT_STATUS_DESTRUCTION_PENDING: LotStatus.ValueType  # 4
 LOT_STATUS_DESTROYED: LotStatus.ValueType  # 5
 """Destroyed: quantity 0, locked, kept for the record."""
 LOT_STATUS_DEPLETED: LotStatus.ValueType  # 6
-"""Quantity reached 0 through splits, conversions, samples or adjustments; locked."""
+"""Quantity reached 0 through splits, conversions, samples or adjustments. Locked, except
+that an AdjustLot correction (reason ENTRY_ERROR or INVENTORY_COUNT) or the return of a
+voided sample puts material back and makes the lot AVAILABLE (or QUARANTINED) again.
+"""
 LOT_STATUS_TRANSFERRED: LotStatus.ValueType  # 7
 """Delivered on a transfer and accepted; the receiving license holds a new lot (origin
 TRANSFER) that records this one as its source. Locked.

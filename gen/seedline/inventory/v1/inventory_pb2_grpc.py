@@ -121,7 +121,8 @@ class InventoryServiceServicer:
     def AdjustLot(self, request, context):
         """Corrects a lot's quantity (drying, moisture loss, scale variance, entry error, theft...):
         either sets the new quantity or applies a non-negative increase or decrease, and records
-        the reason. Allowed while the lot is AVAILABLE or QUARANTINED.
+        the reason. Allowed while the lot is AVAILABLE or QUARANTINED, and on a DEPLETED lot to
+        correct an error (reason ENTRY_ERROR or INVENTORY_COUNT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

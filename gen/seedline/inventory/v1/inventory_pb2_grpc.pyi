@@ -48,7 +48,8 @@ class InventoryServiceStub:
     AdjustLot: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.AdjustLotRequest, _inventory_pb2.Lot]
     """Corrects a lot's quantity (drying, moisture loss, scale variance, entry error, theft...):
     either sets the new quantity or applies a non-negative increase or decrease, and records
-    the reason. Allowed while the lot is AVAILABLE or QUARANTINED.
+    the reason. Allowed while the lot is AVAILABLE or QUARANTINED, and on a DEPLETED lot to
+    correct an error (reason ENTRY_ERROR or INVENTORY_COUNT).
     """
     MoveLot: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.MoveLotRequest, _inventory_pb2.Lot]
     """Moves a lot to another section of the same license. Moving into a quarantine section makes
@@ -102,7 +103,8 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     AdjustLot: _aio.UnaryUnaryMultiCallable[_inventory_pb2.AdjustLotRequest, _inventory_pb2.Lot]  # type: ignore[assignment]
     """Corrects a lot's quantity (drying, moisture loss, scale variance, entry error, theft...):
     either sets the new quantity or applies a non-negative increase or decrease, and records
-    the reason. Allowed while the lot is AVAILABLE or QUARANTINED.
+    the reason. Allowed while the lot is AVAILABLE or QUARANTINED, and on a DEPLETED lot to
+    correct an error (reason ENTRY_ERROR or INVENTORY_COUNT).
     """
     MoveLot: _aio.UnaryUnaryMultiCallable[_inventory_pb2.MoveLotRequest, _inventory_pb2.Lot]  # type: ignore[assignment]
     """Moves a lot to another section of the same license. Moving into a quarantine section makes
@@ -177,7 +179,8 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inventory_pb2.Lot, _abc.Awaitable[_inventory_pb2.Lot]]:
         """Corrects a lot's quantity (drying, moisture loss, scale variance, entry error, theft...):
         either sets the new quantity or applies a non-negative increase or decrease, and records
-        the reason. Allowed while the lot is AVAILABLE or QUARANTINED.
+        the reason. Allowed while the lot is AVAILABLE or QUARANTINED, and on a DEPLETED lot to
+        correct an error (reason ENTRY_ERROR or INVENTORY_COUNT).
         """
 
     @_abc_1.abstractmethod

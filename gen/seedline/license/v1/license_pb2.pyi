@@ -255,7 +255,7 @@ class License(_message.Message):
     license_number: _builtins.str
     """The government-issued license number (OpenTHC `code`), unique per jurisdiction. Immutable."""
     display_name: _builtins.str
-    """Human-readable name of the license."""
+    """Human-readable name of the license. Required on create."""
     type: Global___LicenseType.ValueType
     """What the license permits. Immutable."""
     jurisdiction: _builtins.str
@@ -358,9 +358,9 @@ class Section(_message.Message):
     name: _builtins.str
     """Resource name, `licenses/{license}/sections/{section}`."""
     display_name: _builtins.str
-    """Name of the section, unique within the license (e.g. "Flower Room 2")."""
+    """Name of the section, unique within the license (e.g. "Flower Room 2"). Required on create."""
     type: Global___SectionType.ValueType
-    """What the section holds. Immutable."""
+    """What the section holds. Required on create; immutable."""
     active: _builtins.bool
     """Whether the section is in use; inactive sections accept no new plants or lots."""
     etag: _builtins.str
@@ -616,7 +616,7 @@ class CreateLicenseRequest(_message.Message):
     """Idempotency key (AIP-155)."""
     @_builtins.property
     def license(self) -> Global___License:
-        """The license to create; `name` is ignored."""
+        """The license to create; `name` is ignored and `display_name` is required."""
 
     def __init__(
         self,
@@ -869,7 +869,7 @@ class CreateSectionRequest(_message.Message):
     """Idempotency key (AIP-155)."""
     @_builtins.property
     def section(self) -> Global___Section:
-        """The section to create."""
+        """The section to create; `display_name` and `type` are required."""
 
     def __init__(
         self,

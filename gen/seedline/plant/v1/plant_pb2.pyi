@@ -399,7 +399,7 @@ class CreatePlantRequest(_message.Message):
     """Idempotency key (AIP-155): a retry with the same id returns the first result."""
     @_builtins.property
     def plant(self) -> Global___Plant:
-        """The plant to create. `variety` and `section` must belong to `parent`."""
+        """The plant to create. `variety` and `section` are required and must belong to `parent`."""
 
     def __init__(
         self,

@@ -863,8 +863,9 @@ class QueryAggregatesRequest(_message.Message):
     sensor: _builtins.str
     """Aggregate one sensor, `licenses/{license}/sensors/{sensor}`."""
     section: _builtins.str
-    """Aggregate every sensor of `metric` in this section, `licenses/{license}/sections/{section}`
-    (including deleted sensors and sensors moved out since).
+    """Aggregate every reading of `metric` taken in this section,
+    `licenses/{license}/sections/{section}`. A reading counts for the section its sensor was in
+    when the reading was committed (so deleted and moved sensors count for their time there).
     """
     metric: Global___Metric.ValueType
     """The metric to aggregate; required with `section`. With `sensor`, leave it unset or give the
@@ -874,8 +875,8 @@ class QueryAggregatesRequest(_message.Message):
     """Bucket width."""
     unit: Global___MeasurementUnit.ValueType
     """The unit of the returned values; one of the metric's units (else INVALID_ARGUMENT /
-    UNIT_MISMATCH). Unset means the sensor's unit, or for a section the unit most of its
-    sensors use.
+    UNIT_MISMATCH). Unset means the sensor's unit, or for a section the metric's first listed
+    unit (CELSIUS for temperatures, KPA for air pressure).
     """
     time_zone: _builtins.str
     """IANA time zone for bucket boundaries (e.g. `America/Denver`); matters for DAY buckets and
