@@ -47,8 +47,9 @@ gen: install
 
 ## Fails when gen/ differs from what proto/ generates.
 gen-check: gen
-	@git add -N gen >/dev/null 2>&1 || true
-	@git diff --exit-code --stat -- gen || { echo "gen/ is stale: run 'make gen' and commit it"; exit 1; }
+	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
+	  git status --short -- gen | head -20; \
+	  echo "gen/ is stale: run 'make gen' and commit gen/ with the proto change"; exit 1; fi
 
 pytest: install
 	$(BIN)/pytest -q -p no:cacheprovider

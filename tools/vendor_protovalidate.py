@@ -42,7 +42,9 @@ def _collect_types(
         _collect_types(name, list(message.nested_type), list(message.enum_type), found)
 
 
-def _fix_fields(fields: list[descriptor_pb2.FieldDescriptorProto], types: dict[str, int], deps: set[str]) -> None:
+def _fix_fields(
+    fields: list[descriptor_pb2.FieldDescriptorProto], types: dict[str, int], deps: set[str]
+) -> None:
     for field in fields:
         if field.type_name:
             if field.type_name in _WELL_KNOWN_FILES:

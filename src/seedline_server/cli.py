@@ -110,6 +110,9 @@ def dev() -> None:
         )
         await asyncio.to_thread(envoy.start, config, settings.data_dir / "envoy")
         grpc_addr = f"127.0.0.1:{running.grpc_port}"
+        database = (
+            "DATABASE_URL" if settings.database_url else f"embedded, data in {settings.data_dir / 'postgres'}"
+        )
         rest = f"https://localhost:{settings.rest_port}"
         console.print(
             f"""
@@ -118,7 +121,7 @@ def dev() -> None:
   gRPC (direct, plaintext)  {grpc_addr}
   REST (Envoy, mutual TLS)  {rest}
   Envoy admin               http://127.0.0.1:{settings.envoy_admin_port}
-  PostgreSQL                {"DATABASE_URL" if settings.database_url else "embedded, data in " + str(settings.data_dir / "postgres")}
+  PostgreSQL                {database}
 
 Try:
   .venv/bin/grpcurl -plaintext {grpc_addr} list

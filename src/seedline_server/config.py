@@ -1,5 +1,8 @@
-"""Settings from the environment (pydantic-settings). Every setting is ``SEEDLINE_<NAME>``,
-except the database URL, which is also read from the conventional ``DATABASE_URL``."""
+"""Settings from the environment (pydantic-settings).
+
+Every setting is ``SEEDLINE_<NAME>``, except the database URL, which is also read from the
+conventional ``DATABASE_URL``.
+"""
 
 from __future__ import annotations
 
@@ -20,19 +23,32 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "SEEDLINE_DATABASE_URL"),
         description="PostgreSQL URL; when unset an embedded PostgreSQL is started under data_dir.",
     )
-    data_dir: Path = Field(default=Path(".seedline"), description="Local state: embedded database, dev certificates.")
+    data_dir: Path = Field(
+        default=Path(".seedline"), description="Local state: embedded database, dev certificates."
+    )
     grpc_host: str = Field(default="127.0.0.1", description="Address of the direct gRPC listener.")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="Port of the direct gRPC listener.")
     edge_host: str = Field(
         default="127.0.0.1",
-        description="Address of the listener only Envoy reaches; it trusts x-forwarded-client-cert. Keep it private.",
+        description="Address of the listener only Envoy reaches; it trusts x-forwarded-client-cert. "
+        "Keep it private.",
     )
     edge_port: int = Field(default=50052, ge=0, le=65535, description="Port of the Envoy-only listener.")
-    rest_port: int = Field(default=8443, ge=0, le=65535, description="Envoy's partner (mTLS REST) port, for `seedline dev`.")
-    envoy_admin_port: int = Field(default=9901, ge=0, le=65535, description="Envoy admin port, for `seedline dev`.")
-    log_format: Literal["console", "json"] = Field(default="console", description="console for people, json for machines.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Minimum log level.")
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0, description="How long in-flight calls may finish on stop.")
+    rest_port: int = Field(
+        default=8443, ge=0, le=65535, description="Envoy's partner (mTLS REST) port, for `seedline dev`."
+    )
+    envoy_admin_port: int = Field(
+        default=9901, ge=0, le=65535, description="Envoy admin port, for `seedline dev`."
+    )
+    log_format: Literal["console", "json"] = Field(
+        default="console", description="console for people, json for machines."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Minimum log level."
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10.0, ge=0, description="How long in-flight calls may finish on stop."
+    )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per server process.")
     health_interval_seconds: float = Field(default=5.0, gt=0, description="Database health probe period.")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from seedline_server.certs import PARTNER_URI_PREFIX, DevPki
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "UPSTREAM_CLUSTER",
     "EnvoyError",
     "EnvoyProcess",
     "envoy_binary",
@@ -39,6 +39,9 @@ __all__ = [
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml.tmpl"
 """The bootstrap template in the repository (``envoy/envoy.yaml.tmpl``)."""
+
+UPSTREAM_CLUSTER = "seedline_grpc"
+"""Name of the Envoy cluster of the gRPC server."""
 
 _STDERR_TAIL = 8000  # characters of Envoy's log quoted in exceptions
 
@@ -99,7 +102,8 @@ def render_envoy_config(
         SERVER_KEY=json.dumps(str(pki.server_key.resolve())),
         PARTNER_URI_PREFIX=json.dumps(PARTNER_URI_PREFIX),
         SERVICES=json.dumps(list(services)),
-        STREAMING_PATHS_REGEX=json.dumps(_paths_regex(streaming_methods(descriptor, services))),
+        CLUSTER=UPSTREAM_CLUSTER,
+        STREAMING_ROUTES=_streaming_routes(streaming_methods(descriptor, services), text),
     )
 
 
@@ -128,6 +132,7 @@ def streaming_methods(descriptor: Path, services: Sequence[str]) -> list[str]:
 
     Returns:
         The methods' gRPC paths, ``/<package>.<Service>/<Method>``, sorted.
+
     """
     wanted = set(services)
     return sorted(
@@ -149,11 +154,21 @@ def _services(descriptor: Path) -> list[tuple[str, descriptor_pb2.ServiceDescrip
     ]
 
 
-def _paths_regex(paths: Sequence[str]) -> str:
-    """Return an RE2 regex matching exactly ``paths`` (or nothing when there are none)."""
+def _streaming_routes(paths: Sequence[str], template_text: str) -> str:
+    """Render one route without overall timeout per streaming method, as YAML flow mappings.
+
+    Exact ``path`` matches rather than one regex: Envoy refuses RE2 programs above 100
+    instructions, which an alternation of a few method paths already exceeds.
+    """
+    line = next((ln for ln in template_text.splitlines() if "${STREAMING_ROUTES}" in ln), "")
+    indent = line[: len(line) - len(line.lstrip())]
     if not paths:
-        return "[^\\x00-\\x{10FFFF}]"  # an empty character class: matches no path
-    return "|".join(re.escape(path) for path in paths)
+        return "# (no streaming methods)"
+    routes = [
+        "- " + json.dumps({"match": {"path": path}, "route": {"cluster": UPSTREAM_CLUSTER, "timeout": "0s"}})
+        for path in paths
+    ]
+    return f"\n{indent}".join(routes)
 
 
 def envoy_binary() -> str:

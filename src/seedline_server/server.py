@@ -29,8 +29,8 @@ from seedline_server.api.interceptor import CallInterceptor
 from seedline_server.api.license import LicenseServicer
 from seedline_server.api.plant import PlantServicer
 from seedline_server.config import Settings
-from seedline_server.store import db as store_db
 from seedline_server.service.uow import Database
+from seedline_server.store import db as store_db
 
 log = structlog.get_logger("seedline.server")
 
@@ -63,13 +63,17 @@ class Running:
         log.info("server stopped")
 
 
-async def _watch_database(engine: AsyncEngine, servicer: health.aio.HealthServicer, names: list[str], period: float) -> None:
+async def _watch_database(
+    engine: AsyncEngine, servicer: health.aio.HealthServicer, names: list[str], period: float
+) -> None:
     """Per-service health follows the database: NOT_SERVING while it does not answer."""
     last: bool | None = None
     while True:
         ok = await store_db.ping(engine)
         if ok != last:
-            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            status = (
+                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             for name in ["", *names]:
                 await servicer.set(name, status)
             log.info("health", database="up" if ok else "down")

@@ -15,8 +15,9 @@ from tests.support.stack import EdgeProcess, ServerProcess
 @pytest.fixture(scope="session")
 def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeProcess]:
     """A running server behind a running Envoy."""
-    from seedline_server.store import db
     import asyncio
+
+    from seedline_server.store import db
 
     asyncio.run(db.migrate(pg_url))
     work = Path(tmp_path_factory.mktemp("stack"))

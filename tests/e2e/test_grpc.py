@@ -69,10 +69,13 @@ def test_plant_lifecycle_over_grpc(channel: grpc.Channel) -> None:
     plants = plant_pb2_grpc.PlantServiceStub(channel)
 
     created = plants.CreatePlant(
-        pl.CreatePlantRequest(parent=license_, plant=pl.Plant(variety=variety, section=section, display_name="P1"))
+        pl.CreatePlantRequest(
+            parent=license_, plant=pl.Plant(variety=variety, section=section, display_name="P1")
+        )
     )
     assert created.name.startswith(license_ + "/plants/")
-    assert created.phase == pl.PLANT_PHASE_CLONE and created.state == pl.PLANT_STATE_ACTIVE
+    assert created.phase == pl.PLANT_PHASE_CLONE
+    assert created.state == pl.PLANT_STATE_ACTIVE
     assert plants.GetPlant(pl.GetPlantRequest(name=created.name)) == created
 
     # Update with a field mask and the current etag; a stale etag is refused.
@@ -82,7 +85,8 @@ def test_plant_lifecycle_over_grpc(channel: grpc.Channel) -> None:
             update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
         )
     )
-    assert updated.display_name == "P1-renamed" and updated.etag != created.etag
+    assert updated.display_name == "P1-renamed"
+    assert updated.etag != created.etag
     with pytest.raises(grpc.RpcError) as stale:
         plants.UpdatePlant(
             pl.UpdatePlantRequest(
@@ -103,13 +107,16 @@ def test_plant_lifecycle_over_grpc(channel: grpc.Channel) -> None:
         )
     )
     assert pending.state == pl.PLANT_STATE_DESTRUCTION_PENDING
-    assert pending.destruction.waste.value == "1500.0000" and pending.destruction.waste.unit == quantity_pb2.UNIT_GRAM
+    assert pending.destruction.waste.value == "1500.0000"
+    assert pending.destruction.waste.unit == quantity_pb2.UNIT_GRAM
     destroyed = plants.DeletePlant(
         pl.DeletePlantRequest(
             name=created.name,
             confirm=True,
             esignature=esignature_pb2.ESignatureInput(
-                credential="fresh-token", meaning=esignature_pb2.SIGNATURE_MEANING_APPROVED, reason="witnessed"
+                credential="fresh-token",
+                meaning=esignature_pb2.SIGNATURE_MEANING_APPROVED,
+                reason="witnessed",
             ),
         )
     )
@@ -140,13 +147,17 @@ def test_list_plants_keyset_pages(channel: grpc.Channel) -> None:
     license_, section, variety = make_license(channel, "CO-GRPC-PAGES")
     plants = plant_pb2_grpc.PlantServiceStub(channel)
     batch = plants.BatchCreatePlants(
-        pl.BatchCreatePlantsRequest(parent=license_, plant=pl.Plant(variety=variety, section=section), count=25)
+        pl.BatchCreatePlantsRequest(
+            parent=license_, plant=pl.Plant(variety=variety, section=section), count=25
+        )
     )
     assert len(batch.plants) == 25
     first = plants.ListPlants(pl.ListPlantsRequest(parent=license_))
-    assert len(first.plants) == 20 and first.next_page_token
+    assert len(first.plants) == 20
+    assert first.next_page_token
     second = plants.ListPlants(pl.ListPlantsRequest(parent=license_, page_token=first.next_page_token))
-    assert len(second.plants) == 5 and not second.next_page_token
+    assert len(second.plants) == 5
+    assert not second.next_page_token
     seen = [p.name for p in first.plants] + [p.name for p in second.plants]
     assert seen == sorted(p.name for p in batch.plants)
     big = plants.ListPlants(pl.ListPlantsRequest(parent=license_, page_size=1000))
@@ -154,7 +165,9 @@ def test_list_plants_keyset_pages(channel: grpc.Channel) -> None:
     # A token is bound to its query: changing a filter between pages is refused.
     with pytest.raises(grpc.RpcError) as bad:
         plants.ListPlants(
-            pl.ListPlantsRequest(parent=license_, page_token=first.next_page_token, phase=pl.PLANT_PHASE_CLONE)
+            pl.ListPlantsRequest(
+                parent=license_, page_token=first.next_page_token, phase=pl.PLANT_PHASE_CLONE
+            )
         )
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert details(bad.value)[0].reason == "INVALID_PAGE_TOKEN"
@@ -178,14 +191,17 @@ def test_missing_plant_is_not_found_with_error_info(channel: grpc.Channel) -> No
         plant_pb2_grpc.PlantServiceStub(channel).GetPlant(pl.GetPlantRequest(name=missing))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     info, others = details(err.value)
-    assert info.reason == "RESOURCE_NOT_FOUND" and info.domain == "seedline.dev"
+    assert info.reason == "RESOURCE_NOT_FOUND"
+    assert info.domain == "seedline.dev"
     assert any(isinstance(o, error_details_pb2.ResourceInfo) and o.resource_name == missing for o in others)
 
 
 def test_idempotent_create_returns_first_result(channel: grpc.Channel) -> None:
     license_, section, variety = make_license(channel, "CO-GRPC-IDEM")
     plants = plant_pb2_grpc.PlantServiceStub(channel)
-    req = pl.CreatePlantRequest(parent=license_, plant=pl.Plant(variety=variety, section=section), request_id="r-1")
+    req = pl.CreatePlantRequest(
+        parent=license_, plant=pl.Plant(variety=variety, section=section), request_id="r-1"
+    )
     assert plants.CreatePlant(req) == plants.CreatePlant(req)
     assert len(plants.ListPlants(pl.ListPlantsRequest(parent=license_)).plants) == 1
     req.plant.display_name = "different body"
@@ -198,7 +214,11 @@ def test_idempotent_create_returns_first_result(channel: grpc.Channel) -> None:
 def test_later_services_answer_unimplemented(channel: grpc.Channel) -> None:
     stub = inventory_pb2_grpc.InventoryServiceStub(channel)
     with pytest.raises(grpc.RpcError) as err:
-        stub.GetLot(inventory_pb2.GetLotRequest(name="licenses/01JD0000000000000000000000/lots/01JD0000000000000000000000"))
+        stub.GetLot(
+            inventory_pb2.GetLotRequest(
+                name="licenses/01JD0000000000000000000000/lots/01JD0000000000000000000000"
+            )
+        )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     info, _ = details(err.value)
     assert info.reason == "NOT_IMPLEMENTED"

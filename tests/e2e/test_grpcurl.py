@@ -16,10 +16,22 @@ GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 
 def test_list_shows_every_v1_service(stack: EdgeProcess) -> None:
-    out = subprocess.run([GRPCURL, "-plaintext", stack.server.target, "list"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [GRPCURL, "-plaintext", stack.server.target, "list"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     services = set(out.stdout.split())
-    for name in ("License", "Plant", "Inventory", "LabResult", "Transfer", "Integration", "Telemetry", "Auth", "Audit"):
+    for name in (
+        "License",
+        "Plant",
+        "Inventory",
+        "LabResult",
+        "Transfer",
+        "Integration",
+        "Telemetry",
+        "Auth",
+        "Audit",
+    ):
         domain = {"LabResult": "lab"}.get(name, name.lower())
         assert f"seedline.{domain}.v1.{name}Service" in services, services
     assert "grpc.health.v1.Health" in services
@@ -28,24 +40,45 @@ def test_list_shows_every_v1_service(stack: EdgeProcess) -> None:
 def test_describe_plant_service(stack: EdgeProcess) -> None:
     out = subprocess.run(
         [GRPCURL, "-plaintext", stack.server.target, "describe", "seedline.plant.v1.PlantService"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
-    assert "rpc GetPlant ( .seedline.plant.v1.GetPlantRequest ) returns ( .seedline.plant.v1.Plant )" in out.stdout
+    assert (
+        "rpc GetPlant ( .seedline.plant.v1.GetPlantRequest ) returns ( .seedline.plant.v1.Plant )"
+        in out.stdout
+    )
 
 
 def test_call_and_health(stack: EdgeProcess) -> None:
     out = subprocess.run(
-        [GRPCURL, "-plaintext", "-d", '{"company": {"display_name": "grpcurl Co"}}', stack.server.target,
-         "seedline.license.v1.LicenseService/CreateCompany"],
-        capture_output=True, text=True, timeout=30,
+        [
+            GRPCURL,
+            "-plaintext",
+            "-d",
+            '{"company": {"display_name": "grpcurl Co"}}',
+            stack.server.target,
+            "seedline.license.v1.LicenseService/CreateCompany",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["name"].startswith("companies/")
     health = subprocess.run(
-        [GRPCURL, "-plaintext", "-d", '{"service": "seedline.plant.v1.PlantService"}', stack.server.target,
-         "grpc.health.v1.Health/Check"],
-        capture_output=True, text=True, timeout=30,
+        [
+            GRPCURL,
+            "-plaintext",
+            "-d",
+            '{"service": "seedline.plant.v1.PlantService"}',
+            stack.server.target,
+            "grpc.health.v1.Health/Check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout)["status"] == "SERVING"

@@ -36,35 +36,49 @@ def setup_license(rest: httpx.Client, number: str) -> tuple[str, str, str]:
     )
     assert license_.status_code == 200, license_.text
     lic = license_.json()["name"]
-    section = rest.post(f"/v1/{lic}/sections", json={"displayName": "Veg", "type": "SECTION_TYPE_CROP"}).json()
+    section = rest.post(
+        f"/v1/{lic}/sections", json={"displayName": "Veg", "type": "SECTION_TYPE_CROP"}
+    ).json()
     variety = rest.post(f"/v1/{lic}/varieties", json={"displayName": "OG Kush"}).json()
     return lic, section["name"], variety["name"]
 
 
 def test_plant_crud_over_rest(rest: httpx.Client) -> None:
     lic, section, variety = setup_license(rest, "WA-REST-1")
-    created = rest.post(f"/v1/{lic}/plants", json={"variety": variety, "section": section, "displayName": "R1"})
+    created = rest.post(
+        f"/v1/{lic}/plants", json={"variety": variety, "section": section, "displayName": "R1"}
+    )
     assert created.status_code == 200, created.text
-    assert "grpc-status" not in created.headers and "grpc-message" not in created.headers
+    assert "grpc-status" not in created.headers
+    assert "grpc-message" not in created.headers
     plant = created.json()
-    assert plant["state"] == "PLANT_STATE_ACTIVE" and plant["phase"] == "PLANT_PHASE_CLONE"
+    assert plant["state"] == "PLANT_STATE_ACTIVE"
+    assert plant["phase"] == "PLANT_PHASE_CLONE"
 
     got = rest.get(f"/v1/{plant['name']}")
-    assert got.status_code == 200 and got.json()["name"] == plant["name"]
+    assert got.status_code == 200
+    assert got.json()["name"] == plant["name"]
 
     patched = rest.patch(
-        f"/v1/{plant['name']}", params={"updateMask": "displayName"}, json={"displayName": "R1b", "etag": plant["etag"]}
+        f"/v1/{plant['name']}",
+        params={"updateMask": "displayName"},
+        json={"displayName": "R1b", "etag": plant["etag"]},
     )
     assert patched.status_code == 200, patched.text
     assert patched.json()["displayName"] == "R1b"
 
     listed = rest.get(f"/v1/{lic}/plants", params={"pageSize": 1})
-    assert listed.status_code == 200 and len(listed.json()["plants"]) == 1
+    assert listed.status_code == 200
+    assert len(listed.json()["plants"]) == 1
 
     first = rest.request(
         "DELETE",
         f"/v1/{plant['name']}",
-        json={"waste": {"value": "12", "unit": "UNIT_GRAM"}, "reason": "mites", "method": "DESTRUCTION_METHOD_COMPOST"},
+        json={
+            "waste": {"value": "12", "unit": "UNIT_GRAM"},
+            "reason": "mites",
+            "method": "DESTRUCTION_METHOD_COMPOST",
+        },
     )
     assert first.status_code == 200, first.text
     assert first.json()["state"] == "PLANT_STATE_DESTRUCTION_PENDING"
@@ -73,13 +87,29 @@ def test_plant_crud_over_rest(rest: httpx.Client) -> None:
         f"/v1/{plant['name']}",
         json={
             "confirm": True,
-            "esignature": {"credential": "tok", "meaning": "SIGNATURE_MEANING_APPROVED", "reason": "witnessed"},
+            "esignature": {
+                "credential": "tok",
+                "meaning": "SIGNATURE_MEANING_APPROVED",
+                "reason": "witnessed",
+            },
         },
     )
-    assert confirm.status_code == 200 and confirm.json()["state"] == "PLANT_STATE_DESTROYED"
-    again = rest.request("DELETE", f"/v1/{plant['name']}", json={"confirm": True, "esignature": {
-        "credential": "tok", "meaning": "SIGNATURE_MEANING_APPROVED", "reason": "witnessed"}})
-    assert again.status_code == 400 and reason(again.json()) == "RESOURCE_LOCKED"
+    assert confirm.status_code == 200
+    assert confirm.json()["state"] == "PLANT_STATE_DESTROYED"
+    again = rest.request(
+        "DELETE",
+        f"/v1/{plant['name']}",
+        json={
+            "confirm": True,
+            "esignature": {
+                "credential": "tok",
+                "meaning": "SIGNATURE_MEANING_APPROVED",
+                "reason": "witnessed",
+            },
+        },
+    )
+    assert again.status_code == 400
+    assert reason(again.json()) == "RESOURCE_LOCKED"
 
 
 def test_missing_plant_is_json_404(rest: httpx.Client) -> None:
@@ -88,7 +118,8 @@ def test_missing_plant_is_json_404(rest: httpx.Client) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert body["code"] == 5 and "was not found" in body["message"]
+    assert body["code"] == 5
+    assert "was not found" in body["message"]
     assert reason(body) == "RESOURCE_NOT_FOUND"
 
 
@@ -97,19 +128,22 @@ def test_invalid_input_is_400_with_field_violations(rest: httpx.Client) -> None:
     response = rest.post(f"/v1/{lic}/sections", json={"displayName": "", "type": "SECTION_TYPE_UNSPECIFIED"})
     assert response.status_code == 400
     body = response.json()
-    assert body["code"] == 3 and reason(body) == "VALIDATION_FAILED"
+    assert body["code"] == 3
+    assert reason(body) == "VALIDATION_FAILED"
     bad = [d for d in body["details"] if d["@type"].endswith("google.rpc.BadRequest")]
     fields = {v["field"] for v in bad[0]["fieldViolations"]}
     assert fields == {"section"}
     text = " ".join(v["description"] for v in bad[0]["fieldViolations"])
-    assert "display_name is required" in text and "type is required" in text
+    assert "display_name is required" in text
+    assert "type is required" in text
 
 
 def test_unknown_query_parameter_is_json_400(rest: httpx.Client) -> None:
     response = rest.get("/v1/companies", params={"colour": "green"})
     assert response.status_code == 400
     body = response.json()
-    assert body["code"] == 3 and body["message"]
+    assert body["code"] == 3
+    assert body["message"]
 
 
 def test_unknown_path_is_json_404(rest: httpx.Client) -> None:
@@ -142,12 +176,20 @@ def _client(stack: EdgeProcess, cert: Path | None, key: Path | None) -> httpx.Cl
 
 
 def test_no_client_certificate_is_refused_at_handshake(stack: EdgeProcess) -> None:
-    with _client(stack, None, None) as client, pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+    with (
+        _client(stack, None, None) as client,
+        pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+    ):
         client.get("/v1/companies")
 
 
 def test_certificate_from_another_ca_is_refused_at_handshake(stack: EdgeProcess, tmp_path: Path) -> None:
     ca_cert, ca_key = write_ca(tmp_path, "Mallory Root CA")
-    cert, key = issue_client_cert(ca_cert, ca_key, tmp_path, "acme", san_uri="spiffe://seedline.dev/partner/acme")
-    with _client(stack, cert, key) as client, pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+    cert, key = issue_client_cert(
+        ca_cert, ca_key, tmp_path, "acme", san_uri="spiffe://seedline.dev/partner/acme"
+    )
+    with (
+        _client(stack, cert, key) as client,
+        pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+    ):
         client.get("/v1/companies")

@@ -81,7 +81,9 @@ class ServerProcess:
         )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "server.log").open("wb")
-        self.proc = subprocess.Popen([str(BIN / "seedline"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [str(BIN / "seedline"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             wait_healthy(self.target)
         except TimeoutError:

@@ -21,7 +21,10 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 _LATER = "lands with the identity work (issue #5)"
 
 _KIND = {
-    "PARTNER_CERTIFICATE": (pb.PRINCIPAL_KIND_PARTNER_CERTIFICATE, pb.AUTHENTICATION_METHOD_CLIENT_CERTIFICATE),
+    "PARTNER_CERTIFICATE": (
+        pb.PRINCIPAL_KIND_PARTNER_CERTIFICATE,
+        pb.AUTHENTICATION_METHOD_CLIENT_CERTIFICATE,
+    ),
     "ANONYMOUS": (pb.PRINCIPAL_KIND_ANONYMOUS, pb.AUTHENTICATION_METHOD_NONE),
 }
 
@@ -31,7 +34,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     async def PingSession(self, request: pb.PingSessionRequest, context: Ctx) -> pb.PingSessionResponse:
         principal = current().principal
-        kind, method = _KIND.get(principal.kind, (pb.PRINCIPAL_KIND_UNSPECIFIED, pb.AUTHENTICATION_METHOD_UNSPECIFIED))
+        kind, method = _KIND.get(
+            principal.kind, (pb.PRINCIPAL_KIND_UNSPECIFIED, pb.AUTHENTICATION_METHOD_UNSPECIFIED)
+        )
         return pb.PingSessionResponse(
             principal=principal.name,
             principal_kind=kind,

@@ -69,4 +69,5 @@ def internal_status(request_id: str) -> status_pb2.Status:
 
 def to_grpc(status: status_pb2.Status) -> grpc.Status:
     """Convert for ``context.abort_with_status``."""
-    return rpc_status.to_status(status)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted

@@ -27,7 +27,7 @@ from seedline_server.service.context import ANONYMOUS, CallContext, Principal
 log = structlog.get_logger("seedline.rpc")
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("seedline_call")
-_validator = protovalidate.Validator()
+_validator = protovalidate.Validator()  # type: ignore[no-untyped-call]
 _PARTNER_URI = re.compile(r"^spiffe://seedline\.dev/partner/([A-Za-z0-9._-]{1,64})$")
 XFCC = "x-forwarded-client-cert"
 
@@ -54,6 +54,7 @@ def principal_from(metadata: dict[str, str], *, trust_forwarded: bool) -> Princi
         metadata: the invocation metadata.
         trust_forwarded: True only on the edge listener behind Envoy; on the direct listener a
             forwarded client certificate header is ignored.
+
     """
     if trust_forwarded and (value := metadata.get(XFCC)):
         uri = _xfcc_uri(value)
@@ -78,7 +79,9 @@ def violations_of(request: Message) -> list[FieldViolation]:
             parts.append(part)
         path = ".".join(parts)
         rule = proto.rule_id
-        out.append(FieldViolation(path or "(request)", f"{proto.message} [{rule}]" if rule else proto.message))
+        out.append(
+            FieldViolation(path or "(request)", f"{proto.message} [{rule}]" if rule else proto.message)
+        )
     return out
 
 
@@ -98,9 +101,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -127,7 +130,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], ctx: CallContext, exc: Exception) -> None:
+    async def _fail(
+        self, context: grpc.aio.ServicerContext[Any, Any], ctx: CallContext, exc: Exception
+    ) -> None:
         if isinstance(exc, DomainError):
             status = api_errors.to_status(exc)
             log.info("rpc refused", method=ctx.method, reason=exc.reason, message=exc.message)
@@ -154,7 +159,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return behavior
 
     def _server_stream(self, inner: Any, ctx: CallContext) -> Any:
-        async def behavior(request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def behavior(
+            request: Message, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             token = _current.set(ctx)
             try:
                 validate(request)

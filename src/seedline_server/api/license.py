@@ -20,7 +20,9 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 def company_pb(row: models.Company) -> pb.Company:
     """Wire form of a company."""
-    return pb.Company(name=f"companies/{row.id}", display_name=row.display_name, create_time=ts(row.create_time))
+    return pb.Company(
+        name=f"companies/{row.id}", display_name=row.display_name, create_time=ts(row.create_time)
+    )
 
 
 def license_pb(row: models.License) -> pb.License:
@@ -107,7 +109,9 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         async def run(uow: UnitOfWork) -> pb.Company:
             return company_pb(await registry.create_company(uow, request.company.display_name))
 
-        return await self._db.write(call(request.request_id), run, replay("CreateCompany", request, pb.Company))
+        return await self._db.write(
+            call(request.request_id), run, replay("CreateCompany", request, pb.Company)
+        )
 
     async def GetCompany(self, request: pb.GetCompanyRequest, context: Ctx) -> pb.Company:
         (company_id,) = names.parse(request.name, "companies/{}", "name")
@@ -141,7 +145,9 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         async def run(uow: UnitOfWork) -> pb.License:
             return license_pb(await registry.create_license(uow, new))
 
-        return await self._db.write(call(request.request_id), run, replay("CreateLicense", request, pb.License))
+        return await self._db.write(
+            call(request.request_id), run, replay("CreateLicense", request, pb.License)
+        )
 
     async def GetLicense(self, request: pb.GetLicenseRequest, context: Ctx) -> pb.License:
         license_id = names.license_id(request.name, "name")
@@ -156,7 +162,9 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
 
         async def run(uow: UnitOfWork) -> pb.ListLicensesResponse:
             page = await registry.list_licenses(uow, company_id, request.page_size, request.page_token)
-            return pb.ListLicensesResponse(licenses=[license_pb(r) for r in page.rows], next_page_token=page.next_page_token)
+            return pb.ListLicensesResponse(
+                licenses=[license_pb(r) for r in page.rows], next_page_token=page.next_page_token
+            )
 
         return await self._db.read(call(), run)
 
@@ -180,14 +188,18 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         async def run(uow: UnitOfWork) -> pb.Contact:
             return contact_pb(await registry.create_scoped(uow, license_id, row, "the contact", "contacts"))
 
-        return await self._db.write(call(request.request_id), run, replay("CreateContact", request, pb.Contact))
+        return await self._db.write(
+            call(request.request_id), run, replay("CreateContact", request, pb.Contact)
+        )
 
     async def GetContact(self, request: pb.GetContactRequest, context: Ctx) -> pb.Contact:
         license_id, contact_id = names.child(request.name, "contacts")
 
         async def run(uow: UnitOfWork) -> pb.Contact:
             await registry.get_license(uow, license_id)
-            return contact_pb(await registry.get_scoped(uow, models.Contact, license_id, contact_id, "contact", "contacts"))
+            return contact_pb(
+                await registry.get_scoped(uow, models.Contact, license_id, contact_id, "contact", "contacts")
+            )
 
         return await self._db.read(call(), run)
 
@@ -195,8 +207,12 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id = names.license_id(request.parent)
 
         async def run(uow: UnitOfWork) -> pb.ListContactsResponse:
-            page = await registry.list_scoped(uow, models.Contact, license_id, request.page_size, request.page_token)
-            return pb.ListContactsResponse(contacts=[contact_pb(r) for r in page.rows], next_page_token=page.next_page_token)
+            page = await registry.list_scoped(
+                uow, models.Contact, license_id, request.page_size, request.page_token
+            )
+            return pb.ListContactsResponse(
+                contacts=[contact_pb(r) for r in page.rows], next_page_token=page.next_page_token
+            )
 
         return await self._db.read(call(), run)
 
@@ -209,14 +225,18 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
             what = f"a section named {s.display_name!r}"
             return section_pb(await registry.create_scoped(uow, license_id, row, what, "sections"))
 
-        return await self._db.write(call(request.request_id), run, replay("CreateSection", request, pb.Section))
+        return await self._db.write(
+            call(request.request_id), run, replay("CreateSection", request, pb.Section)
+        )
 
     async def GetSection(self, request: pb.GetSectionRequest, context: Ctx) -> pb.Section:
         license_id, section_id = names.child(request.name, "sections")
 
         async def run(uow: UnitOfWork) -> pb.Section:
             await registry.get_license(uow, license_id)
-            return section_pb(await registry.get_scoped(uow, models.Section, license_id, section_id, "section", "sections"))
+            return section_pb(
+                await registry.get_scoped(uow, models.Section, license_id, section_id, "section", "sections")
+            )
 
         return await self._db.read(call(), run)
 
@@ -224,8 +244,12 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id = names.license_id(request.parent)
 
         async def run(uow: UnitOfWork) -> pb.ListSectionsResponse:
-            page = await registry.list_scoped(uow, models.Section, license_id, request.page_size, request.page_token)
-            return pb.ListSectionsResponse(sections=[section_pb(r) for r in page.rows], next_page_token=page.next_page_token)
+            page = await registry.list_scoped(
+                uow, models.Section, license_id, request.page_size, request.page_token
+            )
+            return pb.ListSectionsResponse(
+                sections=[section_pb(r) for r in page.rows], next_page_token=page.next_page_token
+            )
 
         return await self._db.read(call(), run)
 
@@ -250,14 +274,18 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
             what = f"a variety named {v.display_name!r}"
             return variety_pb(await registry.create_scoped(uow, license_id, row, what, "varieties"))
 
-        return await self._db.write(call(request.request_id), run, replay("CreateVariety", request, pb.Variety))
+        return await self._db.write(
+            call(request.request_id), run, replay("CreateVariety", request, pb.Variety)
+        )
 
     async def GetVariety(self, request: pb.GetVarietyRequest, context: Ctx) -> pb.Variety:
         license_id, variety_id = names.child(request.name, "varieties")
 
         async def run(uow: UnitOfWork) -> pb.Variety:
             await registry.get_license(uow, license_id)
-            return variety_pb(await registry.get_scoped(uow, models.Variety, license_id, variety_id, "variety", "varieties"))
+            return variety_pb(
+                await registry.get_scoped(uow, models.Variety, license_id, variety_id, "variety", "varieties")
+            )
 
         return await self._db.read(call(), run)
 
@@ -265,8 +293,12 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id = names.license_id(request.parent)
 
         async def run(uow: UnitOfWork) -> pb.ListVarietiesResponse:
-            page = await registry.list_scoped(uow, models.Variety, license_id, request.page_size, request.page_token)
-            return pb.ListVarietiesResponse(varieties=[variety_pb(r) for r in page.rows], next_page_token=page.next_page_token)
+            page = await registry.list_scoped(
+                uow, models.Variety, license_id, request.page_size, request.page_token
+            )
+            return pb.ListVarietiesResponse(
+                varieties=[variety_pb(r) for r in page.rows], next_page_token=page.next_page_token
+            )
 
         return await self._db.read(call(), run)
 
@@ -276,7 +308,9 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id = names.license_id(request.parent)
         p = request.product
         unit_size = parse_quantity(p.unit_size, "product.unit_size") if p.HasField("unit_size") else None
-        serving = parse_quantity(p.serving_size, "product.serving_size") if p.HasField("serving_size") else None
+        serving = (
+            parse_quantity(p.serving_size, "product.serving_size") if p.HasField("serving_size") else None
+        )
         row = models.Product(
             display_name=p.display_name,
             product_type=p.product_type,
@@ -293,14 +327,18 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         async def run(uow: UnitOfWork) -> pb.Product:
             return product_pb(await registry.create_scoped(uow, license_id, row, "the product", "products"))
 
-        return await self._db.write(call(request.request_id), run, replay("CreateProduct", request, pb.Product))
+        return await self._db.write(
+            call(request.request_id), run, replay("CreateProduct", request, pb.Product)
+        )
 
     async def GetProduct(self, request: pb.GetProductRequest, context: Ctx) -> pb.Product:
         license_id, product_id = names.child(request.name, "products")
 
         async def run(uow: UnitOfWork) -> pb.Product:
             await registry.get_license(uow, license_id)
-            return product_pb(await registry.get_scoped(uow, models.Product, license_id, product_id, "product", "products"))
+            return product_pb(
+                await registry.get_scoped(uow, models.Product, license_id, product_id, "product", "products")
+            )
 
         return await self._db.read(call(), run)
 
@@ -308,7 +346,11 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id = names.license_id(request.parent)
 
         async def run(uow: UnitOfWork) -> pb.ListProductsResponse:
-            page = await registry.list_scoped(uow, models.Product, license_id, request.page_size, request.page_token)
-            return pb.ListProductsResponse(products=[product_pb(r) for r in page.rows], next_page_token=page.next_page_token)
+            page = await registry.list_scoped(
+                uow, models.Product, license_id, request.page_size, request.page_token
+            )
+            return pb.ListProductsResponse(
+                products=[product_pb(r) for r in page.rows], next_page_token=page.next_page_token
+            )
 
         return await self._db.read(call(), run)

@@ -14,6 +14,7 @@ def parse(name: str, pattern: str, field: str) -> tuple[str, ...]:
 
     Raises:
         InvalidArgument: the name does not match, naming ``field`` in the violation.
+
     """
     regex = "^" + re.escape(pattern).replace(r"\{\}", _ULID) + "$"
     match = re.match(regex, name)

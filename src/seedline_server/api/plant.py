@@ -83,8 +83,6 @@ def _signature(esig: esignature_pb2.ESignatureInput) -> plants.Signature:
     return plants.Signature(signer=current().principal.name, meaning=esig.meaning, reason=esig.reason)
 
 
-
-
 class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
     """Implements seedline.plant.v1.PlantService."""
 
@@ -103,7 +101,11 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
         if phase not in rules.INITIAL_PHASES:
             raise InvalidArgument(
                 "a new plant starts as CLONE or SEEDLING",
-                [FieldViolation("plant.phase", "must be PLANT_PHASE_CLONE or PLANT_PHASE_SEEDLING on create")],
+                [
+                    FieldViolation(
+                        "plant.phase", "must be PLANT_PHASE_CLONE or PLANT_PHASE_SEEDLING on create"
+                    )
+                ],
             )
         if p.source_lot:
             names.same_license(license_id, p.source_lot, "lots", "plant.source_lot")
@@ -154,13 +156,19 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
         flt = plants.PlantFilter(
             phase=request.phase,
             state=request.state,
-            section_id=names.same_license(license_id, request.section, "sections", "section") if request.section else "",
-            variety_id=names.same_license(license_id, request.variety, "varieties", "variety") if request.variety else "",
+            section_id=names.same_license(license_id, request.section, "sections", "section")
+            if request.section
+            else "",
+            variety_id=names.same_license(license_id, request.variety, "varieties", "variety")
+            if request.variety
+            else "",
         )
 
         async def run(uow: UnitOfWork) -> pb.ListPlantsResponse:
             page = await plants.list_plants(uow, license_id, flt, request.page_size, request.page_token)
-            return pb.ListPlantsResponse(plants=[plant_pb(r) for r in page.rows], next_page_token=page.next_page_token)
+            return pb.ListPlantsResponse(
+                plants=[plant_pb(r) for r in page.rows], next_page_token=page.next_page_token
+            )
 
         return await self._db.read(call(), run)
 
@@ -199,7 +207,9 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
                 row = await plants.confirm_destruction(uow, license_id, plant_id, signature, request.etag)
                 return plant_pb(row)
 
-            return await self._db.write(call(request.request_id), confirm, replay("DeletePlant", request, pb.Plant))
+            return await self._db.write(
+                call(request.request_id), confirm, replay("DeletePlant", request, pb.Plant)
+            )
         waste = parse_quantity(request.waste, "waste")
         req = plants.DestructionRequest(waste=waste, reason=request.reason, method=request.method)
 
@@ -208,13 +218,17 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
 
         return await self._db.write(call(request.request_id), ask, replay("DeletePlant", request, pb.Plant))
 
-    async def CancelPlantDestruction(self, request: pb.CancelPlantDestructionRequest, context: Ctx) -> pb.Plant:
+    async def CancelPlantDestruction(
+        self, request: pb.CancelPlantDestructionRequest, context: Ctx
+    ) -> pb.Plant:
         license_id, plant_id = names.child(request.name, "plants")
 
         async def run(uow: UnitOfWork) -> pb.Plant:
             return plant_pb(await plants.cancel_destruction(uow, license_id, plant_id, request.etag))
 
-        return await self._db.write(call(request.request_id), run, replay("CancelPlantDestruction", request, pb.Plant))
+        return await self._db.write(
+            call(request.request_id), run, replay("CancelPlantDestruction", request, pb.Plant)
+        )
 
     async def ChangePlantPhase(self, request: pb.ChangePlantPhaseRequest, context: Ctx) -> pb.Plant:
         license_id, plant_id = names.child(request.name, "plants")
@@ -224,20 +238,26 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
         async def run(uow: UnitOfWork) -> pb.Plant:
             return plant_pb(await plants.change_phase(uow, license_id, plant_id, phase, when, request.etag))
 
-        return await self._db.write(call(request.request_id), run, replay("ChangePlantPhase", request, pb.Plant))
+        return await self._db.write(
+            call(request.request_id), run, replay("ChangePlantPhase", request, pb.Plant)
+        )
 
-    async def GetPlantHistory(self, request: pb.GetPlantHistoryRequest, context: Ctx) -> pb.GetPlantHistoryResponse:
+    async def GetPlantHistory(
+        self, request: pb.GetPlantHistoryRequest, context: Ctx
+    ) -> pb.GetPlantHistoryResponse:
         license_id, plant_id = names.child(request.name, "plants")
         start, end = dt(request, "start_time"), dt(request, "end_time")
         if start and end and end <= start:
-            raise InvalidArgument("end_time must be after start_time", [FieldViolation("end_time", "must be > start_time")])
+            raise InvalidArgument(
+                "end_time must be after start_time", [FieldViolation("end_time", "must be > start_time")]
+            )
 
         async def run(uow: UnitOfWork) -> pb.GetPlantHistoryResponse:
             found = await plants.history(uow, license_id, plant_id, start, end, request.include_audit)
             out = pb.GetPlantHistoryResponse()
             for event, audit in found:
                 item = out.events.add(
-                    type=event.type,  # type: ignore[arg-type]
+                    type=event.type,
                     actor=event.actor,
                     summary=event.summary,
                     audit_event_id=event.audit_event_id,
@@ -280,5 +300,7 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
     async def GetCollection(self, request: pb.GetCollectionRequest, context: Ctx) -> pb.Collection:
         raise NotImplementedYet("GetCollection lands with the plants-and-inventory work (issue #3)")
 
-    async def ListCollections(self, request: pb.ListCollectionsRequest, context: Ctx) -> pb.ListCollectionsResponse:
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: Ctx
+    ) -> pb.ListCollectionsResponse:
         raise NotImplementedYet("ListCollections lands with the plants-and-inventory work (issue #3)")

@@ -36,7 +36,7 @@ def _status(full_method: str, service: str) -> grpc.Status:
     return api_errors.to_grpc(api_errors.to_status(exc))
 
 
-def _handler(method: descriptor.MethodDescriptor) -> grpc.RpcMethodHandler:
+def _handler(method: descriptor.MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
     request = message_factory.GetMessageClass(method.input_type)
     response = message_factory.GetMessageClass(method.output_type)
     status = _status(method.full_name, method.containing_service.full_name)
@@ -64,5 +64,6 @@ def _handler(method: descriptor.MethodDescriptor) -> grpc.RpcMethodHandler:
 def handlers(services: Iterable[descriptor.ServiceDescriptor]) -> list[grpc.GenericRpcHandler]:
     """Generic handlers answering UNIMPLEMENTED for every method of ``services``."""
     return [
-        grpc.method_handlers_generic_handler(s.full_name, {m.name: _handler(m) for m in s.methods}) for s in services
+        grpc.method_handlers_generic_handler(s.full_name, {m.name: _handler(m) for m in s.methods})
+        for s in services
     ]

@@ -20,6 +20,7 @@ class DomainError(Exception):
         reason: the ``seedline.type.v1.ErrorReason`` value name.
         message: a sentence for humans.
         metadata: extra key/values for ``ErrorInfo.metadata``.
+
     """
 
     reason = "INTERNAL_ERROR"

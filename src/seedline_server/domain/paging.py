@@ -50,6 +50,7 @@ def decode_token(token: str, query: dict[str, str]) -> str | None:
 
     Raises:
         InvalidPageToken: the token is malformed or was issued for a different query.
+
     """
     if not token:
         return None

@@ -111,6 +111,7 @@ def parse(value: str, unit: Unit) -> Quantity:
     Raises:
         UnitMismatch: a count that is not whole.
         ValueError: a malformed value (the contract's pattern normally catches it first).
+
     """
     if not _VALUE.match(value):
         raise ValueError(f"{value!r} is not a plain decimal number")

@@ -13,6 +13,7 @@ class Principal:
         name: stable principal name, e.g. ``partners/acme`` or ``anonymous``.
         kind: how it was established: ``PARTNER_CERTIFICATE``, ``ANONYMOUS``, ...
         detail: what established it (e.g. the certificate's SAN URI).
+
     """
 
     name: str

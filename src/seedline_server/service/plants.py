@@ -27,7 +27,14 @@ from seedline_server.store import models
 CROP_SECTION = 1  # seedline.license.v1.SectionType.SECTION_TYPE_CROP
 
 # seedline.plant.v1.PlantEventType numbers
-EV_CREATED, EV_UPDATED, EV_PHASE, EV_DESTRUCTION_REQUESTED, EV_DESTRUCTION_CANCELLED, EV_DESTROYED = 1, 2, 3, 7, 8, 9
+EV_CREATED, EV_UPDATED, EV_PHASE, EV_DESTRUCTION_REQUESTED, EV_DESTRUCTION_CANCELLED, EV_DESTROYED = (
+    1,
+    2,
+    3,
+    7,
+    8,
+    9,
+)
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,15 @@ async def _check_refs(uow: UnitOfWork, license_id: str, variety_id: str, section
         )
 
 
-async def _event(uow: UnitOfWork, plant: models.Plant, type_: int, when: datetime, summary: str,
-                 details: dict[str, Any], audit_id: str) -> None:
+async def _event(
+    uow: UnitOfWork,
+    plant: models.Plant,
+    type_: int,
+    when: datetime,
+    summary: str,
+    details: dict[str, Any],
+    audit_id: str,
+) -> None:
     uow.session.add(
         models.PlantEvent(
             plant_id=plant.id,
@@ -99,7 +113,9 @@ async def _event(uow: UnitOfWork, plant: models.Plant, type_: int, when: datetim
     )
 
 
-async def create_plants(uow: UnitOfWork, license_id: str, new: NewPlant, count: int = 1) -> list[models.Plant]:
+async def create_plants(
+    uow: UnitOfWork, license_id: str, new: NewPlant, count: int = 1
+) -> list[models.Plant]:
     """Create ``count`` plants in one transaction, each with its audit event and history entry."""
     await get_license(uow, license_id)
     if new.phase not in rules.INITIAL_PHASES:
@@ -133,10 +149,15 @@ async def create_plants(uow: UnitOfWork, license_id: str, new: NewPlant, count: 
         uow.session.add(row)
         await uow.session.flush()
         audit_id = await uow.audit(
-            license_id=license_id, resource=_resource(license_id, row.id), action="CREATE",
-            before=None, after=snapshot(row),
+            license_id=license_id,
+            resource=_resource(license_id, row.id),
+            action="CREATE",
+            before=None,
+            after=snapshot(row),
         )
-        await _event(uow, row, EV_CREATED, planted, f"planted as {new.phase.name}", {"phase": new.phase.name}, audit_id)
+        await _event(
+            uow, row, EV_CREATED, planted, f"planted as {new.phase.name}", {"phase": new.phase.name}, audit_id
+        )
         created.append(row)
     return created
 
@@ -157,7 +178,9 @@ class PlantFilter:
     variety_id: str = ""
 
 
-async def list_plants(uow: UnitOfWork, license_id: str, f: PlantFilter, size: int, token: str) -> Page[models.Plant]:
+async def list_plants(
+    uow: UnitOfWork, license_id: str, f: PlantFilter, size: int, token: str
+) -> Page[models.Plant]:
     """A page of plants in id order (keyset on the (license_id, id) index)."""
     await get_license(uow, license_id)
     stmt = select(models.Plant).where(models.Plant.license_id == license_id)
@@ -169,8 +192,13 @@ async def list_plants(uow: UnitOfWork, license_id: str, f: PlantFilter, size: in
         stmt = stmt.where(models.Plant.section_id == f.section_id)
     if f.variety_id:
         stmt = stmt.where(models.Plant.variety_id == f.variety_id)
-    query = {"parent": license_id, "phase": str(f.phase), "state": str(f.state), "section": f.section_id,
-             "variety": f.variety_id}
+    query = {
+        "parent": license_id,
+        "phase": str(f.phase),
+        "state": str(f.state),
+        "section": f.section_id,
+        "variety": f.variety_id,
+    }
     return await list_page(uow, stmt, models.Plant.id, size, token, query)
 
 
@@ -185,7 +213,12 @@ async def _locked_plant(uow: UnitOfWork, license_id: str, plant_id: str) -> mode
 
 
 async def update_plant(
-    uow: UnitOfWork, license_id: str, plant_id: str, changes: dict[str, Any], mask: Sequence[str], given_etag: str
+    uow: UnitOfWork,
+    license_id: str,
+    plant_id: str,
+    changes: dict[str, Any],
+    mask: Sequence[str],
+    given_etag: str,
 ) -> models.Plant:
     """Change variety, section or display name (FieldMask + etag)."""
     row = await _locked_plant(uow, license_id, plant_id)
@@ -198,10 +231,18 @@ async def update_plant(
     row.update_time = now()
     after = snapshot(row)
     audit_id = await uow.audit(
-        license_id=license_id, resource=_resource(license_id, row.id), action="UPDATE", before=before, after=after
+        license_id=license_id,
+        resource=_resource(license_id, row.id),
+        action="UPDATE",
+        before=before,
+        after=after,
     )
-    changed = {k: after[k] for k in after if before.get(k) != after[k] and k not in {"version", "update_time"}}
-    await _event(uow, row, EV_UPDATED, row.update_time, "updated " + ", ".join(sorted(changed)), changed, audit_id)
+    changed = {
+        k: after[k] for k in after if before.get(k) != after[k] and k not in {"version", "update_time"}
+    }
+    await _event(
+        uow, row, EV_UPDATED, row.update_time, "updated " + ", ".join(sorted(changed)), changed, audit_id
+    )
     return row
 
 
@@ -227,11 +268,21 @@ async def request_destruction(
     row.version += 1
     row.update_time = t
     audit_id = await uow.audit(
-        license_id=license_id, resource=_resource(license_id, row.id), action="DESTRUCTION_REQUESTED",
-        before=before, after=snapshot(row),
+        license_id=license_id,
+        resource=_resource(license_id, row.id),
+        action="DESTRUCTION_REQUESTED",
+        before=before,
+        after=snapshot(row),
     )
-    await _event(uow, row, EV_DESTRUCTION_REQUESTED, t, f"destruction requested: {req.reason}", dict(row.destruction),
-                 audit_id)
+    await _event(
+        uow,
+        row,
+        EV_DESTRUCTION_REQUESTED,
+        t,
+        f"destruction requested: {req.reason}",
+        dict(row.destruction),
+        audit_id,
+    )
     return row
 
 
@@ -247,7 +298,9 @@ async def confirm_destruction(
     if state is not rules.State.DESTRUCTION_PENDING:
         from seedline_server.domain.errors import InvalidStateTransition
 
-        raise InvalidStateTransition("nothing to confirm: request destruction first (DELETE with waste, reason, method)")
+        raise InvalidStateTransition(
+            "nothing to confirm: request destruction first (DELETE with waste, reason, method)"
+        )
     if signature is None:
         raise ESignatureRequired("confirming a destruction needs an e-signature")
     before = snapshot(row)
@@ -256,12 +309,19 @@ async def confirm_destruction(
     row.version += 1
     row.update_time = t
     destruction = dict(row.destruction or {})
-    destruction.update(confirm_time=t.isoformat(), signer=signature.signer, meaning=signature.meaning,
-                       signature_reason=signature.reason)
+    destruction.update(
+        confirm_time=t.isoformat(),
+        signer=signature.signer,
+        meaning=signature.meaning,
+        signature_reason=signature.reason,
+    )
     row.destruction = destruction
     audit_id = await uow.audit(
-        license_id=license_id, resource=_resource(license_id, row.id), action="DESTROYED",
-        before=before, after=snapshot(row),
+        license_id=license_id,
+        resource=_resource(license_id, row.id),
+        action="DESTROYED",
+        before=before,
+        after=snapshot(row),
     )
     destruction["audit_event_id"] = audit_id
     row.destruction = destruction
@@ -269,7 +329,9 @@ async def confirm_destruction(
     return row
 
 
-async def cancel_destruction(uow: UnitOfWork, license_id: str, plant_id: str, given_etag: str) -> models.Plant:
+async def cancel_destruction(
+    uow: UnitOfWork, license_id: str, plant_id: str, given_etag: str
+) -> models.Plant:
     """Withdraw a pending destruction."""
     row = await _locked_plant(uow, license_id, plant_id)
     check_etag(given_etag, row.id, row.version)
@@ -287,15 +349,23 @@ async def cancel_destruction(uow: UnitOfWork, license_id: str, plant_id: str, gi
     row.version += 1
     row.update_time = t
     audit_id = await uow.audit(
-        license_id=license_id, resource=_resource(license_id, row.id), action="DESTRUCTION_CANCELLED",
-        before=before, after=snapshot(row),
+        license_id=license_id,
+        resource=_resource(license_id, row.id),
+        action="DESTRUCTION_CANCELLED",
+        before=before,
+        after=snapshot(row),
     )
     await _event(uow, row, EV_DESTRUCTION_CANCELLED, t, "destruction cancelled", {}, audit_id)
     return row
 
 
 async def change_phase(
-    uow: UnitOfWork, license_id: str, plant_id: str, phase: rules.Phase, when: datetime | None, given_etag: str
+    uow: UnitOfWork,
+    license_id: str,
+    plant_id: str,
+    phase: rules.Phase,
+    when: datetime | None,
+    given_etag: str,
 ) -> models.Plant:
     """Move a plant to its next growth phase, timestamped."""
     row = await _locked_plant(uow, license_id, plant_id)
@@ -313,16 +383,31 @@ async def change_phase(
     row.version += 1
     row.update_time = now()
     audit_id = await uow.audit(
-        license_id=license_id, resource=_resource(license_id, row.id), action="PHASE_CHANGED",
-        before=before, after=snapshot(row),
+        license_id=license_id,
+        resource=_resource(license_id, row.id),
+        action="PHASE_CHANGED",
+        before=before,
+        after=snapshot(row),
     )
-    await _event(uow, row, EV_PHASE, t, f"{current.name} → {phase.name}", {"from": current.name, "to": phase.name},
-                 audit_id)
+    await _event(
+        uow,
+        row,
+        EV_PHASE,
+        t,
+        f"{current.name} → {phase.name}",
+        {"from": current.name, "to": phase.name},
+        audit_id,
+    )
     return row
 
 
 async def history(
-    uow: UnitOfWork, license_id: str, plant_id: str, start: datetime | None, end: datetime | None, with_audit: bool
+    uow: UnitOfWork,
+    license_id: str,
+    plant_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    with_audit: bool,
 ) -> list[tuple[models.PlantEvent, models.AuditEvent | None]]:
     """Events of a plant in [start, end), oldest first, optionally with their audit rows."""
     await get_plant(uow, license_id, plant_id)
@@ -331,7 +416,9 @@ async def history(
         stmt = stmt.where(models.PlantEvent.event_time >= start)
     if end is not None:
         stmt = stmt.where(models.PlantEvent.event_time < end)
-    events = list((await uow.session.scalars(stmt.order_by(models.PlantEvent.event_time, models.PlantEvent.seq))).all())
+    events = list(
+        (await uow.session.scalars(stmt.order_by(models.PlantEvent.event_time, models.PlantEvent.seq))).all()
+    )
     audits: dict[str, models.AuditEvent] = {}
     if with_audit and events:
         ids = [e.audit_event_id for e in events]

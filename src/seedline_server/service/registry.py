@@ -77,7 +77,9 @@ async def get_license(uow: UnitOfWork, license_id: str) -> models.License:
     return row
 
 
-async def get_scoped(uow: UnitOfWork, model: type[M], license_id: str, row_id: str, kind: str, coll: str) -> M:
+async def get_scoped(
+    uow: UnitOfWork, model: type[M], license_id: str, row_id: str, kind: str, coll: str
+) -> M:
     """A license-scoped row, or NOT_FOUND (also when it belongs to another license)."""
     row = await uow.session.get(model, row_id)
     if row is None or getattr(row, "license_id") != license_id:  # noqa: B009
@@ -101,7 +103,9 @@ async def create_company(uow: UnitOfWork, display_name: str) -> models.Company:
     """Register a company."""
     row = models.Company(id=new_id(), display_name=display_name, create_time=now())
     await _insert(uow, row, "the company")
-    await uow.audit(license_id=None, resource=f"companies/{row.id}", action="CREATE", before=None, after=snapshot(row))
+    await uow.audit(
+        license_id=None, resource=f"companies/{row.id}", action="CREATE", before=None, after=snapshot(row)
+    )
     return row
 
 
@@ -150,7 +154,9 @@ async def create_license(uow: UnitOfWork, new: NewLicense) -> models.License:
         version=1,
     )
     await _insert(uow, row, f"license number {new.license_number!r} in {new.jurisdiction}")
-    await uow.audit(license_id=row.id, resource=f"licenses/{row.id}", action="CREATE", before=None, after=snapshot(row))
+    await uow.audit(
+        license_id=row.id, resource=f"licenses/{row.id}", action="CREATE", before=None, after=snapshot(row)
+    )
     return row
 
 
@@ -169,12 +175,15 @@ def _apply_mask(row: models.Base, changes: dict[str, Any], mask: Sequence[str], 
     bad = [p for p in paths if p not in mutable]
     if bad:
         raise InvalidUpdateMask(
-            f"update_mask names fields that cannot be updated: {', '.join(bad)} (mutable: {', '.join(sorted(mutable))})"
+            f"update_mask names fields that cannot be updated: {', '.join(bad)} "
+            f"(mutable: {', '.join(sorted(mutable))})"
         )
     if "display_name" in paths and not str(changes["display_name"]).strip():
         from seedline_server.domain.errors import FieldViolation, InvalidArgument
 
-        raise InvalidArgument("display_name cannot be empty", [FieldViolation("display_name", "must not be empty")])
+        raise InvalidArgument(
+            "display_name cannot be empty", [FieldViolation("display_name", "must not be empty")]
+        )
     for path in paths:
         setattr(row, path, changes[path])
 
@@ -189,7 +198,9 @@ async def update_license(
     _apply_mask(row, changes, mask, {"display_name", "active"})
     row.version += 1
     row.update_time = now()
-    await uow.audit(license_id=row.id, resource=f"licenses/{row.id}", action="UPDATE", before=before, after=snapshot(row))
+    await uow.audit(
+        license_id=row.id, resource=f"licenses/{row.id}", action="UPDATE", before=before, after=snapshot(row)
+    )
     return row
 
 
@@ -216,9 +227,7 @@ async def create_scoped(uow: UnitOfWork, license_id: str, row: M, what: str, col
     return row
 
 
-async def list_scoped(
-    uow: UnitOfWork, model: type[M], license_id: str, size: int, token: str
-) -> Page[M]:
+async def list_scoped(uow: UnitOfWork, model: type[M], license_id: str, size: int, token: str) -> Page[M]:
     """A page of one license's rows of ``model``."""
     await get_license(uow, license_id)
     id_col = getattr(model, "id")  # noqa: B009
@@ -227,7 +236,12 @@ async def list_scoped(
 
 
 async def update_section(
-    uow: UnitOfWork, license_id: str, section_id: str, changes: dict[str, Any], mask: Sequence[str], given_etag: str
+    uow: UnitOfWork,
+    license_id: str,
+    section_id: str,
+    changes: dict[str, Any],
+    mask: Sequence[str],
+    given_etag: str,
 ) -> models.Section:
     """Change a section's display_name / active under optimistic concurrency."""
     row = await get_scoped(uow, models.Section, license_id, section_id, "section", "sections")

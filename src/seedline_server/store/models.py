@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
@@ -18,7 +18,7 @@ TZ = DateTime(timezone=True)
 class Base(DeclarativeBase):
     """Declarative base; ``metadata`` is what Alembic migrates."""
 
-    type_annotation_map = {dict[str, Any]: JSONB, datetime: TZ}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONB, datetime: TZ}
 
 
 class Company(Base):
