@@ -138,7 +138,8 @@ async def serve(
         await stop.wait()
         log.info("stopping", grace_seconds=settings.shutdown_grace_seconds)
     finally:
+        # Handlers stay installed while draining: a repeated signal must not kill in-flight calls.
+        await running.stop(settings.shutdown_grace_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await running.stop(settings.shutdown_grace_seconds)

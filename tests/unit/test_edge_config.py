@@ -18,6 +18,7 @@ from seedline_server.edge import (
     envoy_binary,
     render_envoy_config,
     services_in_descriptor,
+    streaming_methods,
     validate_envoy_config,
 )
 
@@ -146,6 +147,30 @@ def test_rendered_config_has_the_edge_policies(pki: DevPki) -> None:
     assert endpoint["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 50051}
     assert cluster["health_checks"][0]["grpc_health_check"] == {}
     assert cluster["health_checks"][0]["interval"] == "5s"
+
+
+def test_streaming_methods_get_routes_without_timeout(pki: DevPki) -> None:
+    services = services_in_descriptor(DESCRIPTOR)
+    streaming = streaming_methods(DESCRIPTOR, services)
+    assert streaming_methods(DESCRIPTOR, ["seedline.license.v1.LicenseService"]) == []
+    config = yaml.safe_load(_render(pki, services=services))
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    *stream_routes, default = vhost["routes"]
+    assert [r["match"]["path"] for r in stream_routes] == streaming
+    assert all(r["route"] == {"cluster": "seedline_grpc", "timeout": "0s"} for r in stream_routes)
+    assert default["match"] == {"prefix": "/"}
+    # No max_stream_duration: it would switch the 30s timeout off for transcoded REST calls.
+    assert default["route"] == {"cluster": "seedline_grpc", "timeout": "30s"}
+
+
+def test_config_without_streaming_methods_is_valid(pki: DevPki) -> None:
+    text = _render(pki, services=["seedline.license.v1.LicenseService"])
+    routes = yaml.safe_load(text)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]["routes"]
+    assert [r["match"] for r in routes] == [{"prefix": "/"}]
+    validate_envoy_config(text)
 
 
 def test_local_replies_map_http_status_to_google_rpc_codes(pki: DevPki) -> None:
