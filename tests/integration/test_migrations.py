@@ -29,7 +29,8 @@ async def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
         left = (
             await conn.execute(
                 text(
-                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                    "SELECT count(*) FROM pg_tables "
+                    "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
                 )
             )
         ).scalar()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 
 import pytest
 from sqlalchemy import func, select, text
@@ -133,7 +134,7 @@ async def test_audit_chain_links_and_hashes_verify(database: Database, farm: Far
 
     events = await database.read(CTX, rows)
     assert events[0].prev_hash == GENESIS_HASH
-    for prev, event in zip(events, events[1:], strict=False):
+    for prev, event in itertools.pairwise(events):
         assert event.prev_hash == prev.hash
     for event in events:
         content = {

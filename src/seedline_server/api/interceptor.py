@@ -37,10 +37,32 @@ def current() -> CallContext:
     return _current.get()
 
 
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside double quotes (XFCC quotes values containing , ; = and \\")."""
+    parts, current, quoted, escaped = [], [], False, False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\" and quoted:
+            current.append(char)
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+            current.append(char)
+        elif char == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
 def _xfcc_uri(value: str) -> str:
     """The ``URI=`` of the last element Envoy appended (the verified peer)."""
-    element = value.split(",")[-1]
-    for part in element.split(";"):
+    element = _split_unquoted(value, ",")[-1]
+    for part in _split_unquoted(element, ";"):
         key, _, val = part.partition("=")
         if key.strip().lower() == "uri":
             return val.strip().strip('"')

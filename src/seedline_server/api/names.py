@@ -17,7 +17,7 @@ def parse(name: str, pattern: str, field: str) -> tuple[str, ...]:
 
     """
     regex = "^" + re.escape(pattern).replace(r"\{\}", _ULID) + "$"
-    match = re.match(regex, name)
+    match = re.fullmatch(regex, name)
     if match is None:
         example = pattern.replace("{}", "01JD…")
         raise InvalidArgument(

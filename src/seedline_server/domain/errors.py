@@ -36,8 +36,14 @@ class InvalidArgument(DomainError):
 
     reason = "VALIDATION_FAILED"
 
-    def __init__(self, message: str, violations: list[FieldViolation] | None = None, **kw: object) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        violations: list[FieldViolation] | None = None,
+        *,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, metadata=metadata)
         self.violations = violations or []
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from seedline_server.domain.errors import UnitMismatch
 
@@ -113,7 +113,7 @@ def parse(value: str, unit: Unit) -> Quantity:
         ValueError: a malformed value (the contract's pattern normally catches it first).
 
     """
-    if not _VALUE.match(value):
+    if not _VALUE.fullmatch(value):
         raise ValueError(f"{value!r} is not a plain decimal number")
     dim, factor = _FACTORS[unit]
     raw = Decimal(value)
@@ -121,4 +121,6 @@ def parse(value: str, unit: Unit) -> Quantity:
         if raw != raw.to_integral_value():
             raise UnitMismatch(f"a count must be a whole number, got {value}")
         return Quantity(raw.quantize(Decimal(1)), dim)
-    return Quantity(round_storage(raw * factor), dim)
+    # The exact product has up to 34 significant digits: multiply without the default 28-digit
+    # context rounding, so the only rounding is round_storage (no double rounding).
+    return Quantity(round_storage(Context(prec=64).multiply(raw, factor)), dim)
