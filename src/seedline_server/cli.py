@@ -13,7 +13,8 @@ from seedline_server import logs
 from seedline_server.config import Settings
 
 app = typer.Typer(help="Seedline: seed-to-sale traceability hub.", no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
+# soft_wrap: never hard-wrap, so printed commands stay copy-pasteable in any terminal width.
+console = Console(stderr=True, soft_wrap=True, highlight=False)
 REPO = Path(__file__).resolve().parents[2]
 
 

