@@ -186,3 +186,33 @@ async def test_keyset_pages_are_stable_while_rows_are_inserted(database: Databas
         token = nxt.next_page_token
     assert seen == sorted(seen)
     assert len(seen) == len(set(seen)) == 35
+
+
+async def test_largest_admissible_quantity_is_stored_exactly(database: Database, farm: Farm) -> None:
+    from seedline_server.domain.quantity import Unit, parse
+
+    biggest = parse("999999999999.999999999", Unit.POUND)  # the contract's largest value, heaviest unit
+
+    async def run(uow: UnitOfWork) -> models.Product:
+        product = models.Product(
+            display_name="Silo",
+            product_type="018NY6XC00PT0000000000BULK",
+            package_type=2,
+            bulk_unit=9,
+            unit_size_value=biggest.amount,
+            unit_size_unit=1,
+            pack_unit_count=0,
+            serving_size_value=None,
+            serving_size_unit=0,
+            servings_per_unit=0,
+        )
+        return await registry.create_scoped(uow, farm.license_id, product, "product", "products")
+
+    created = await database.write(CTX, run)
+
+    async def read(uow: UnitOfWork) -> models.Product:
+        return await registry.get_scoped(
+            uow, models.Product, farm.license_id, created.id, "product", "products"
+        )
+
+    assert (await database.read(CTX, read)).unit_size_value == biggest.amount

@@ -106,8 +106,16 @@ def test_earlier_element_is_not_used_when_the_last_has_no_partner_uri() -> None:
     assert principal_from(_xfcc(value), trust_forwarded=True) == ANONYMOUS
 
 
-def test_uri_inside_a_quoted_subject_is_not_the_uri() -> None:
-    value = f'By=spiffe://x;Hash=abc;Subject="CN=x;URI=spiffe://seedline.dev/partner/evil";URI={ACME}'
+@pytest.mark.parametrize(
+    "subject",
+    [
+        '"CN=x;URI=spiffe://seedline.dev/partner/evil"',  # ';' inside quotes
+        '"CN=x,URI=spiffe://seedline.dev/partner/evil"',  # ',' inside quotes
+        r'"CN=x\";URI=spiffe://seedline.dev/partner/evil"',  # escaped quote stays inside the value
+    ],
+)
+def test_uri_inside_a_quoted_subject_is_not_the_uri(subject: str) -> None:
+    value = f"By=spiffe://x;Hash=abc;Subject={subject};URI={ACME}"
     assert principal_from(_xfcc(value), trust_forwarded=True).name == "partners/acme"
 
 

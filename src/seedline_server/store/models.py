@@ -13,6 +13,8 @@ from sqlalchemy.types import DateTime
 
 ULID = String(26)
 TZ = DateTime(timezone=True)
+# 20 integer digits: the contract admits 12 integer digits in kg or lb, i.e. up to ~4.5e14 g.
+AMOUNT = Numeric(24, 4)
 
 
 class Base(DeclarativeBase):
@@ -105,10 +107,10 @@ class Product(Base):
     product_type: Mapped[str] = mapped_column(ULID)
     package_type: Mapped[int]
     bulk_unit: Mapped[int]
-    unit_size_value: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
+    unit_size_value: Mapped[Decimal | None] = mapped_column(AMOUNT)
     unit_size_unit: Mapped[int]
     pack_unit_count: Mapped[int]
-    serving_size_value: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
+    serving_size_value: Mapped[Decimal | None] = mapped_column(AMOUNT)
     serving_size_unit: Mapped[int]
     servings_per_unit: Mapped[int]
     create_time: Mapped[datetime]
