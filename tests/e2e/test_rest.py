@@ -193,3 +193,14 @@ def test_certificate_from_another_ca_is_refused_at_handshake(stack: EdgeProcess,
         pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
     ):
         client.get("/v1/companies")
+
+
+def test_server_internals_are_not_reachable_through_the_edge(rest: httpx.Client) -> None:
+    # A gRPC call to the server's reflection service, sent by a partner through Envoy.
+    response = rest.post(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        headers={"content-type": "application/grpc", "te": "trailers"},
+        content=b"\x00\x00\x00\x00\x00",
+    )
+    assert response.headers.get("grpc-status") != "0"
+    assert response.status_code == 404 or response.headers.get("grpc-status") == "12"

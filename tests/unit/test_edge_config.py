@@ -156,12 +156,15 @@ def test_streaming_methods_get_routes_without_timeout(pki: DevPki) -> None:
     config = yaml.safe_load(_render(pki, services=services))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     (vhost,) = hcm["route_config"]["virtual_hosts"]
-    *stream_routes, default = vhost["routes"]
+    *stream_routes, default, refuse = vhost["routes"]
     assert [r["match"]["path"] for r in stream_routes] == streaming
     assert all(r["route"] == {"cluster": "seedline_grpc", "timeout": "0s"} for r in stream_routes)
-    assert default["match"] == {"prefix": "/"}
+    assert default["match"] == {"prefix": "/seedline."}
     # No max_stream_duration: it would switch the 30s timeout off for transcoded REST calls.
     assert default["route"] == {"cluster": "seedline_grpc", "timeout": "30s"}
+    # Anything else (the server's health and reflection services) is not forwarded.
+    assert refuse["match"] == {"prefix": "/"}
+    assert refuse["direct_response"]["status"] == 404
 
 
 def test_config_without_streaming_methods_is_valid(pki: DevPki) -> None:
@@ -169,7 +172,7 @@ def test_config_without_streaming_methods_is_valid(pki: DevPki) -> None:
     routes = yaml.safe_load(text)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"
     ]["route_config"]["virtual_hosts"][0]["routes"]
-    assert [r["match"] for r in routes] == [{"prefix": "/"}]
+    assert [r["match"] for r in routes] == [{"prefix": "/seedline."}, {"prefix": "/"}]
     validate_envoy_config(text)
 
 
