@@ -9,7 +9,7 @@ from seedline.license.v1 import license_pb2 as pb
 from seedline.license.v1 import license_pb2_grpc
 
 from seedline_server.api import names
-from seedline_server.api.convert import call, replay, to_quantity, ts
+from seedline_server.api.convert import call, parse_quantity, replay, to_quantity, ts
 from seedline_server.domain import quantity
 from seedline_server.service import registry
 from seedline_server.service.uow import Database, UnitOfWork
@@ -303,8 +303,6 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         return await self._db.read(call(), run)
 
     async def CreateProduct(self, request: pb.CreateProductRequest, context: Ctx) -> pb.Product:
-        from seedline_server.api.convert import parse_quantity
-
         license_id = names.license_id(request.parent)
         p = request.product
         unit_size = parse_quantity(p.unit_size, "product.unit_size") if p.HasField("unit_size") else None

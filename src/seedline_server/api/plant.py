@@ -7,6 +7,7 @@ issue and answer UNIMPLEMENTED until then.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -15,10 +16,15 @@ from seedline.plant.v1 import plant_pb2_grpc
 from seedline.type.v1 import esignature_pb2
 
 from seedline_server.api import names
-from seedline_server.api.convert import call, dt, parse_quantity, replay, ts
+from seedline_server.api.convert import call, dt, parse_quantity, replay, to_quantity, ts
 from seedline_server.api.interceptor import current
 from seedline_server.domain import plant as rules
-from seedline_server.domain.errors import FieldViolation, InvalidArgument, NotImplementedYet
+from seedline_server.domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    InvalidUpdateMask,
+    NotImplementedYet,
+)
 from seedline_server.domain.quantity import Dimension, Quantity
 from seedline_server.service import plants, registry
 from seedline_server.service.uow import Database, UnitOfWork
@@ -29,10 +35,6 @@ _UPDATE_FIELDS = {"variety": "variety_id", "section": "section_id", "display_nam
 
 
 def _destruction_pb(data: dict[str, Any]) -> pb.Destruction:
-    from decimal import Decimal
-
-    from seedline_server.api.convert import to_quantity
-
     out = pb.Destruction(
         waste=to_quantity(Quantity(Decimal(data["waste_g"]), Dimension.WEIGHT)),
         reason=data.get("reason", ""),
@@ -180,8 +182,6 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
             paths = list(_UPDATE_FIELDS)
         unknown = [x for x in paths if x not in _UPDATE_FIELDS]
         if unknown or not paths:
-            from seedline_server.domain.errors import InvalidUpdateMask
-
             raise InvalidUpdateMask(
                 "update_mask may name variety, section, display_name (or *)",
                 [FieldViolation("update_mask", f"unknown or immutable: {', '.join(unknown) or '(empty)'}")],

@@ -10,11 +10,19 @@ from typing import Any
 from sqlalchemy import select
 
 from seedline_server.domain import plant as rules
-from seedline_server.domain.errors import ESignatureRequired, InvalidArgument, ReferenceInvalid, UnitMismatch
+from seedline_server.domain.errors import (
+    ESignatureRequired,
+    FieldViolation,
+    InvalidArgument,
+    InvalidStateTransition,
+    NotFound,
+    ReferenceInvalid,
+    UnitMismatch,
+)
 from seedline_server.domain.quantity import Dimension, Quantity
 from seedline_server.service.registry import (
     Page,
-    _apply_mask,
+    apply_mask,
     check_etag,
     get_license,
     get_scoped,
@@ -121,7 +129,7 @@ async def create_plants(
     if new.phase not in rules.INITIAL_PHASES:
         raise InvalidArgument(
             "a new plant starts as CLONE or SEEDLING",
-            [],
+            [FieldViolation("plant.phase", "must be PLANT_PHASE_CLONE or PLANT_PHASE_SEEDLING on create")],
         )
     await _check_refs(uow, license_id, new.variety_id, new.section_id)
     planted = _not_future("plant.plant_time", new.plant_time)
@@ -206,8 +214,6 @@ async def _locked_plant(uow: UnitOfWork, license_id: str, plant_id: str) -> mode
     await get_license(uow, license_id)
     row = await uow.session.get(models.Plant, plant_id, with_for_update=True)
     if row is None or row.license_id != license_id:
-        from seedline_server.domain.errors import NotFound
-
         raise NotFound("plant", _resource(license_id, plant_id))
     return row
 
@@ -225,7 +231,7 @@ async def update_plant(
     check_etag(given_etag, row.id, row.version)
     rules.check_editable(rules.State(row.state))
     before = snapshot(row)
-    _apply_mask(row, changes, mask, {"variety_id", "section_id", "display_name"})
+    apply_mask(row, changes, mask, {"variety_id", "section_id", "display_name"})
     await _check_refs(uow, license_id, row.variety_id, row.section_id)
     row.version += 1
     row.update_time = now()
@@ -296,8 +302,6 @@ async def confirm_destruction(
     if state is rules.State.DESTROYED:
         rules.check_editable(state)
     if state is not rules.State.DESTRUCTION_PENDING:
-        from seedline_server.domain.errors import InvalidStateTransition
-
         raise InvalidStateTransition(
             "nothing to confirm: request destruction first (DELETE with waste, reason, method)"
         )
@@ -339,8 +343,6 @@ async def cancel_destruction(
     if state is not rules.State.DESTRUCTION_PENDING:
         if state is rules.State.DESTROYED:
             rules.check_editable(state)
-        from seedline_server.domain.errors import InvalidStateTransition
-
         raise InvalidStateTransition("the plant has no pending destruction to cancel")
     before = snapshot(row)
     t = now()

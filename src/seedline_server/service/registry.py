@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -11,7 +12,14 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
 from seedline_server.domain import paging
-from seedline_server.domain.errors import AlreadyExists, EtagMismatch, InvalidUpdateMask, NotFound
+from seedline_server.domain.errors import (
+    AlreadyExists,
+    EtagMismatch,
+    FieldViolation,
+    InvalidArgument,
+    InvalidUpdateMask,
+    NotFound,
+)
 from seedline_server.service.uow import UnitOfWork, new_id, now
 from seedline_server.store import models
 
@@ -20,8 +28,6 @@ M = TypeVar("M", bound=models.Base)
 
 def etag(row_id: str, version: int) -> str:
     """Opaque etag of a row version."""
-    import hashlib
-
     return hashlib.blake2b(f"{row_id}:{version}".encode(), digest_size=8).hexdigest()
 
 
@@ -168,7 +174,8 @@ async def list_licenses(uow: UnitOfWork, company_id: str, size: int, token: str)
     return await list_page(uow, stmt, models.License.id, size, token, {"company": company_id})
 
 
-def _apply_mask(row: models.Base, changes: dict[str, Any], mask: Sequence[str], mutable: set[str]) -> None:
+def apply_mask(row: models.Base, changes: dict[str, Any], mask: Sequence[str], mutable: set[str]) -> None:
+    """Copy the masked fields from ``changes`` onto ``row`` (empty mask or ``*``: all mutable)."""
     paths = list(mask) or sorted(mutable)
     if paths == ["*"]:
         paths = sorted(mutable)
@@ -179,8 +186,6 @@ def _apply_mask(row: models.Base, changes: dict[str, Any], mask: Sequence[str], 
             f"(mutable: {', '.join(sorted(mutable))})"
         )
     if "display_name" in paths and not str(changes["display_name"]).strip():
-        from seedline_server.domain.errors import FieldViolation, InvalidArgument
-
         raise InvalidArgument(
             "display_name cannot be empty", [FieldViolation("display_name", "must not be empty")]
         )
@@ -195,7 +200,7 @@ async def update_license(
     row = await get_license(uow, license_id)
     check_etag(given_etag, row.id, row.version)
     before = snapshot(row)
-    _apply_mask(row, changes, mask, {"display_name", "active"})
+    apply_mask(row, changes, mask, {"display_name", "active"})
     row.version += 1
     row.update_time = now()
     await uow.audit(
@@ -247,7 +252,7 @@ async def update_section(
     row = await get_scoped(uow, models.Section, license_id, section_id, "section", "sections")
     check_etag(given_etag, row.id, row.version)
     before = snapshot(row)
-    _apply_mask(row, changes, mask, {"display_name", "active"})
+    apply_mask(row, changes, mask, {"display_name", "active"})
     row.version += 1
     row.update_time = now()
     try:
