@@ -22,13 +22,15 @@ def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edg
     asyncio.run(db.migrate(pg_url))
     work = Path(tmp_path_factory.mktemp("stack"))
     server = ServerProcess(database_url=pg_url, data_dir=work / "server")
-    server.start()
-    edge = EdgeProcess(server=server, workdir=work)
-    try:
+    edge: EdgeProcess | None = None
+    try:  # whatever fails during setup, nothing is left running
+        server.start()
+        edge = EdgeProcess(server=server, workdir=work)
         edge.start()
         yield edge
     finally:
-        edge.stop()
+        if edge is not None:
+            edge.stop()
         server.stop()
 
 
