@@ -24,6 +24,10 @@ def _settings() -> Settings:
     return settings
 
 
+def _embedded_dir(settings: Settings) -> Path:
+    return (settings.data_dir / "postgres").resolve()
+
+
 def _database(settings: Settings) -> tuple[str, bool]:
     """The asyncpg URL, and whether this process started the embedded server."""
     if settings.database_url:
@@ -32,7 +36,7 @@ def _database(settings: Settings) -> tuple[str, bool]:
 
     from seedline_server.store import db
 
-    data = (settings.data_dir / "postgres").resolve()
+    data = _embedded_dir(settings)
     info = PostmasterInfo.read_from_pgdata(data) if (data / "postmaster.pid").exists() else None
     already = info is not None and info.is_running()
     embedded = db.start_embedded(data)
@@ -43,7 +47,7 @@ def _stop_embedded(settings: Settings, started: bool) -> None:
     if started:
         from seedline_server.store import db
 
-        db.stop_embedded((settings.data_dir / "postgres").resolve())
+        db.stop_embedded(_embedded_dir(settings))
 
 
 @app.command()

@@ -110,3 +110,14 @@ def test_plants_pending_destruction_are_not_editable() -> None:
         check_editable(State.DESTRUCTION_PENDING)
     assert info.value.reason == "DESTRUCTION_PENDING"
     assert not isinstance(info.value, ResourceLocked)
+
+
+def test_check_pending_passes_only_for_a_pending_destruction() -> None:
+    from seedline_server.domain.errors import InvalidStateTransition, ResourceLocked
+    from seedline_server.domain.plant import check_pending
+
+    check_pending(State.DESTRUCTION_PENDING, "confirm")
+    with pytest.raises(InvalidStateTransition, match="nothing to confirm"):
+        check_pending(State.ACTIVE, "confirm")
+    with pytest.raises(ResourceLocked):
+        check_pending(State.DESTROYED, "cancel")

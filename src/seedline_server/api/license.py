@@ -196,7 +196,6 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id, contact_id = names.child(request.name, "contacts")
 
         async def run(uow: UnitOfWork) -> pb.Contact:
-            await registry.get_license(uow, license_id)
             return contact_pb(
                 await registry.get_scoped(uow, models.Contact, license_id, contact_id, "contact", "contacts")
             )
@@ -233,7 +232,6 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id, section_id = names.child(request.name, "sections")
 
         async def run(uow: UnitOfWork) -> pb.Section:
-            await registry.get_license(uow, license_id)
             return section_pb(
                 await registry.get_scoped(uow, models.Section, license_id, section_id, "section", "sections")
             )
@@ -282,7 +280,6 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id, variety_id = names.child(request.name, "varieties")
 
         async def run(uow: UnitOfWork) -> pb.Variety:
-            await registry.get_license(uow, license_id)
             return variety_pb(
                 await registry.get_scoped(uow, models.Variety, license_id, variety_id, "variety", "varieties")
             )
@@ -333,7 +330,6 @@ class LicenseServicer(license_pb2_grpc.LicenseServiceServicer):
         license_id, product_id = names.child(request.name, "products")
 
         async def run(uow: UnitOfWork) -> pb.Product:
-            await registry.get_license(uow, license_id)
             return product_pb(
                 await registry.get_scoped(uow, models.Product, license_id, product_id, "product", "products")
             )

@@ -47,6 +47,14 @@ def check_phase_change(current: Phase, new: Phase) -> None:
         )
 
 
+def check_pending(state: State, action: str) -> None:
+    """Raise unless a destruction is pending (what confirming or cancelling needs)."""
+    if state is State.DESTROYED:
+        raise ResourceLocked("the plant is destroyed and locked against change")
+    if state is not State.DESTRUCTION_PENDING:
+        raise InvalidStateTransition(f"nothing to {action}: the plant has no pending destruction")
+
+
 def check_editable(state: State) -> None:
     """Raise unless the plant may be changed (it is ACTIVE)."""
     if state is State.DESTROYED:

@@ -14,7 +14,6 @@ from seedline_server.domain.errors import (
     ESignatureRequired,
     FieldViolation,
     InvalidArgument,
-    InvalidStateTransition,
     NotFound,
     ReferenceInvalid,
     UnitMismatch,
@@ -172,7 +171,6 @@ async def create_plants(
 
 async def get_plant(uow: UnitOfWork, license_id: str, plant_id: str) -> models.Plant:
     """One plant (destroyed ones too) or NOT_FOUND."""
-    await get_license(uow, license_id)
     return await get_scoped(uow, models.Plant, license_id, plant_id, "plant", "plants")
 
 
@@ -211,7 +209,6 @@ async def list_plants(
 
 
 async def _locked_plant(uow: UnitOfWork, license_id: str, plant_id: str) -> models.Plant:
-    await get_license(uow, license_id)
     row = await uow.session.get(models.Plant, plant_id, with_for_update=True)
     if row is None or row.license_id != license_id:
         raise NotFound("plant", _resource(license_id, plant_id))
@@ -298,13 +295,7 @@ async def confirm_destruction(
     """Step two: destroy a pending plant; it is locked afterwards."""
     row = await _locked_plant(uow, license_id, plant_id)
     check_etag(given_etag, row.id, row.version)
-    state = rules.State(row.state)
-    if state is rules.State.DESTROYED:
-        rules.check_editable(state)
-    if state is not rules.State.DESTRUCTION_PENDING:
-        raise InvalidStateTransition(
-            "nothing to confirm: request destruction first (DELETE with waste, reason, method)"
-        )
+    rules.check_pending(rules.State(row.state), "confirm")
     if signature is None:
         raise ESignatureRequired("confirming a destruction needs an e-signature")
     before = snapshot(row)
@@ -339,11 +330,7 @@ async def cancel_destruction(
     """Withdraw a pending destruction."""
     row = await _locked_plant(uow, license_id, plant_id)
     check_etag(given_etag, row.id, row.version)
-    state = rules.State(row.state)
-    if state is not rules.State.DESTRUCTION_PENDING:
-        if state is rules.State.DESTROYED:
-            rules.check_editable(state)
-        raise InvalidStateTransition("the plant has no pending destruction to cancel")
+    rules.check_pending(rules.State(row.state), "cancel")
     before = snapshot(row)
     t = now()
     row.state = rules.State.ACTIVE.value
