@@ -6,8 +6,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, Numeric, String, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    Numeric,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
@@ -158,6 +169,121 @@ class PlantEvent(Base):
     summary: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]]
     audit_event_id: Mapped[str] = mapped_column(ULID)
+
+
+class Lot(Base):
+    """An amount of one product in one section (OpenTHC inventory).
+
+    ``quantity`` is in the storage unit of the product's counting dimension (g, l or ea), rounded
+    once at the boundary; PostgreSQL refuses a negative value whatever the code does.
+    """
+
+    __tablename__ = "lots"
+    __table_args__ = (
+        CheckConstraint("quantity >= 0", name="ck_lots_quantity_non_negative"),
+        # Keyset pagination walks (license_id, id); each filter has its own (license_id, x, id)
+        # index so a filtered page is an index range scan, not a filter over the license.
+        Index("ix_lots_license_id_id", "license_id", "id"),
+        Index("ix_lots_license_product", "license_id", "product_id", "id"),
+        Index("ix_lots_license_variety", "license_id", "variety_id", "id"),
+        Index("ix_lots_license_section", "license_id", "section_id", "id"),
+        Index("ix_lots_license_status", "license_id", "status", "id"),
+    )
+    id: Mapped[str] = mapped_column(ULID, primary_key=True)
+    license_id: Mapped[str] = mapped_column(ForeignKey("licenses.id"))
+    display_name: Mapped[str] = mapped_column(Text, default="")
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id"))
+    variety_id: Mapped[str | None] = mapped_column(ForeignKey("varieties.id"))
+    section_id: Mapped[str] = mapped_column(ForeignKey("sections.id"))
+    quantity: Mapped[Decimal] = mapped_column(AMOUNT)
+    status: Mapped[int] = mapped_column(SmallInteger)
+    lab_status: Mapped[int] = mapped_column(SmallInteger)
+    lab_result: Mapped[str] = mapped_column(Text, default="")
+    origin: Mapped[int] = mapped_column(SmallInteger)
+    source_lots: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    source_collection: Mapped[str] = mapped_column(Text, default="")
+    source_transfer: Mapped[str] = mapped_column(Text, default="")
+    supplier_license_number: Mapped[str] = mapped_column(Text, default="")
+    manifest_number: Mapped[str] = mapped_column(Text, default="")
+    state_tag: Mapped[str] = mapped_column(Text, default="")
+    state_system_id: Mapped[str] = mapped_column(Text, default="")
+    destruction: Mapped[dict[str, Any] | None]
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+    version: Mapped[int] = mapped_column(default=1)
+
+
+class LotAdjustment(Base):
+    """A quantity change of a lot that is not a split, conversion or transfer (the adjust log)."""
+
+    __tablename__ = "lot_adjustments"
+    __table_args__ = (Index("ix_lot_adjustments_lot", "lot_id", "seq"),)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    lot_id: Mapped[str] = mapped_column(ForeignKey("lots.id"))
+    before: Mapped[Decimal] = mapped_column(AMOUNT)
+    after: Mapped[Decimal] = mapped_column(AMOUNT)
+    reason: Mapped[int] = mapped_column(SmallInteger)
+    note: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(Text)
+    adjust_time: Mapped[datetime]
+    audit_event_id: Mapped[str] = mapped_column(ULID)
+
+
+class Collection(Base):
+    """A harvest batch: wet weight from plants, later net collected into lots."""
+
+    __tablename__ = "collections"
+    __table_args__ = (Index("ix_collections_license_id_id", "license_id", "id"),)
+    id: Mapped[str] = mapped_column(ULID, primary_key=True)
+    license_id: Mapped[str] = mapped_column(ForeignKey("licenses.id"))
+    display_name: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[int] = mapped_column(SmallInteger)
+    total_wet: Mapped[Decimal] = mapped_column(AMOUNT)
+    total_dry: Mapped[Decimal | None] = mapped_column(AMOUNT)
+    waste: Mapped[Decimal | None] = mapped_column(AMOUNT)
+    output_lots: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    create_time: Mapped[datetime]
+    close_time: Mapped[datetime | None]
+    update_time: Mapped[datetime]
+    version: Mapped[int] = mapped_column(default=1)
+
+
+class CollectionWeight(Base):
+    """One raw (wet) weighing of one plant into a collection."""
+
+    __tablename__ = "collection_weights"
+    __table_args__ = (
+        CheckConstraint("wet_weight > 0", name="ck_collection_weights_positive"),
+        Index("ix_collection_weights_collection", "collection_id", "seq"),
+        Index("ix_collection_weights_plant", "plant_id"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    collection_id: Mapped[str] = mapped_column(ForeignKey("collections.id"))
+    plant_id: Mapped[str] = mapped_column(ForeignKey("plants.id"))
+    wet_weight: Mapped[Decimal] = mapped_column(AMOUNT)
+    harvest: Mapped[bool]
+    collect_time: Mapped[datetime]
+
+
+class LineageEdge(Base):
+    """A directed material link (upstream → downstream) between two resources, by name.
+
+    Names rather than foreign keys because nodes are of several kinds (lots, plants,
+    collections, transfers, samples) and may sit in different licenses after a transfer.
+    """
+
+    __tablename__ = "lineage_edges"
+    __table_args__ = (
+        Index("ix_lineage_edges_source", "source", "target"),
+        Index("ix_lineage_edges_target", "target", "source"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    operation: Mapped[int] = mapped_column(SmallInteger)
+    quantity: Mapped[Decimal | None] = mapped_column(AMOUNT)
+    unit: Mapped[int] = mapped_column(SmallInteger, default=0)
+    time: Mapped[datetime]
 
 
 class AuditEvent(Base):
