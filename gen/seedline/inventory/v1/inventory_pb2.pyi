@@ -608,9 +608,11 @@ class Lot(_message.Message):
     """
     @_builtins.property
     def quantity(self) -> _quantity_pb2.Quantity:
-        """How much the lot holds, returned in the product's counting unit (its `bulk_unit`, or
-        UNIT_EACH for each and pack products). On input any unit of the same dimension is accepted
-        and converted (otherwise UNIT_MISMATCH); counts must be whole. Changed afterwards only
+        """How much the lot holds, in the storage unit of the product's counting dimension: UNIT_GRAM
+        when its `bulk_unit` is a weight, UNIT_LITER when a volume, UNIT_EACH for counted bulk
+        (seeds, clones) and for each and pack products; 4 decimal places (0 for counts). On input
+        any unit of the same dimension is accepted and converted, rounding half-even to 4 places
+        once (another dimension: UNIT_MISMATCH); counts must be whole. Changed afterwards only
         through AdjustLot and the operations that consume material.
         """
 

@@ -882,7 +882,7 @@ class RawWeight(_message.Message):
     """The plant, `licenses/{license}/plants/{plant}`."""
     @_builtins.property
     def wet_weight(self) -> _quantity_pb2.Quantity:
-        """Wet weight collected from it (a weight unit)."""
+        """Wet weight collected from it (a weight unit, greater than zero)."""
 
     def __init__(
         self,
@@ -914,6 +914,8 @@ class Collection(_message.Message):
     OUTPUT_LOTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    TOTAL_DRY_WEIGHT_FIELD_NUMBER: _builtins.int
+    WASTE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `licenses/{license}/collections/{collection}`."""
     display_name: _builtins.str
@@ -940,6 +942,14 @@ class Collection(_message.Message):
     def close_time(self) -> _timestamp_pb2.Timestamp:
         """When it was closed by net collect."""
 
+    @_builtins.property
+    def total_dry_weight(self) -> _quantity_pb2.Quantity:
+        """Total dry weight of the net collected outputs, in grams; unset while open."""
+
+    @_builtins.property
+    def waste(self) -> _quantity_pb2.Quantity:
+        """Waste recorded at net collection, in grams; unset while open."""
+
     def __init__(
         self,
         *,
@@ -951,10 +961,12 @@ class Collection(_message.Message):
         output_lots: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         close_time: _timestamp_pb2.Timestamp | None = ...,
+        total_dry_weight: _quantity_pb2.Quantity | None = ...,
+        waste: _quantity_pb2.Quantity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "total_wet_weight", b"total_wet_weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "total_dry_weight", b"total_dry_weight", "total_wet_weight", b"total_wet_weight", "waste", b"waste"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "display_name", b"display_name", "name", b"name", "output_lots", b"output_lots", "raw_weights", b"raw_weights", "state", b"state", "total_wet_weight", b"total_wet_weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "display_name", b"display_name", "name", b"name", "output_lots", b"output_lots", "raw_weights", b"raw_weights", "state", b"state", "total_dry_weight", b"total_dry_weight", "total_wet_weight", b"total_wet_weight", "waste", b"waste"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1027,7 +1039,7 @@ class NetOutput(_message.Message):
     """The inventory section the new lot goes to."""
     @_builtins.property
     def dry_weight(self) -> _quantity_pb2.Quantity:
-        """Dry weight of this output (a weight unit)."""
+        """Dry weight of this output (a weight unit, greater than zero)."""
 
     def __init__(
         self,
@@ -1065,7 +1077,9 @@ class CollectNetRequest(_message.Message):
 
     @_builtins.property
     def waste(self) -> _quantity_pb2.Quantity:
-        """Weight lost as waste (stems, root balls) during drying and trimming."""
+        """Weight lost as waste (stems, root balls) during drying and trimming (a weight unit); unset
+        for none.
+        """
 
     @_builtins.property
     def collect_time(self) -> _timestamp_pb2.Timestamp:

@@ -122,14 +122,18 @@ class PlantServiceServicer:
 
     def CreatePlant(self, request, context):
         """Creates one plant. When `source_lot` is set, the lot's count goes down by one in the same
-        transaction.
+        transaction and a PLANTING lineage edge links the lot to the plant. The source lot must be
+        of a bulk product counted in UNIT_EACH (seeds, clones) and AVAILABLE (otherwise
+        FAILED_PRECONDITION / REFERENCE_INVALID or the lot's state reason), and hold enough
+        (INSUFFICIENT_QUANTITY).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def BatchCreatePlants(self, request, context):
-        """Creates `count` identical plants from one source lot in one transaction (AIP-233).
+        """Creates `count` identical plants in one transaction (AIP-233); with a `source_lot`, its count
+        goes down by `count` (see CreatePlant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,7 +202,9 @@ class PlantServiceServicer:
     def CollectRaw(self, request, context):
         """Raw collect: records wet weight from one or many plants into an open collection (harvest
         batch), creating the collection when `collection` is empty. Repeated collections from the
-        same plants are allowed while the collection is open.
+        same plants are allowed while the collection is open. Plants must be ACTIVE and VEGETATIVE
+        or FLOWERING (a final `harvest` needs FLOWERING), or already HARVESTED into this collection
+        (otherwise FAILED_PRECONDITION / INVALID_STATE_TRANSITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,7 +212,11 @@ class PlantServiceServicer:
 
     def CollectNet(self, request, context):
         """Net collect: records dry weights per output from a collection, closes it, and creates one
-        bulk lot per output with lineage back to the collection and its plants.
+        bulk lot per output with lineage back to the collection and its plants. Mass balance: the
+        dry weights plus `waste` may not exceed the wet weight collected (the difference is
+        moisture lost in drying), otherwise FAILED_PRECONDITION / MASS_BALANCE_VIOLATION. Each
+        output's product must be a bulk product counted by weight and its section an active
+        inventory or quarantine section (REFERENCE_INVALID). A closed collection is RESOURCE_LOCKED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,10 +38,15 @@ class PlantServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PlantServiceAsyncStub: ...
     CreatePlant: _grpc.UnaryUnaryMultiCallable[_plant_pb2.CreatePlantRequest, _plant_pb2.Plant]
     """Creates one plant. When `source_lot` is set, the lot's count goes down by one in the same
-    transaction.
+    transaction and a PLANTING lineage edge links the lot to the plant. The source lot must be
+    of a bulk product counted in UNIT_EACH (seeds, clones) and AVAILABLE (otherwise
+    FAILED_PRECONDITION / REFERENCE_INVALID or the lot's state reason), and hold enough
+    (INSUFFICIENT_QUANTITY).
     """
     BatchCreatePlants: _grpc.UnaryUnaryMultiCallable[_plant_pb2.BatchCreatePlantsRequest, _plant_pb2.BatchCreatePlantsResponse]
-    """Creates `count` identical plants from one source lot in one transaction (AIP-233)."""
+    """Creates `count` identical plants in one transaction (AIP-233); with a `source_lot`, its count
+    goes down by `count` (see CreatePlant).
+    """
     GetPlant: _grpc.UnaryUnaryMultiCallable[_plant_pb2.GetPlantRequest, _plant_pb2.Plant]
     """Returns one plant, including destroyed ones."""
     ListPlants: _grpc.UnaryUnaryMultiCallable[_plant_pb2.ListPlantsRequest, _plant_pb2.ListPlantsResponse]
@@ -67,11 +72,17 @@ class PlantServiceStub:
     CollectRaw: _grpc.UnaryUnaryMultiCallable[_plant_pb2.CollectRawRequest, _plant_pb2.Collection]
     """Raw collect: records wet weight from one or many plants into an open collection (harvest
     batch), creating the collection when `collection` is empty. Repeated collections from the
-    same plants are allowed while the collection is open.
+    same plants are allowed while the collection is open. Plants must be ACTIVE and VEGETATIVE
+    or FLOWERING (a final `harvest` needs FLOWERING), or already HARVESTED into this collection
+    (otherwise FAILED_PRECONDITION / INVALID_STATE_TRANSITION).
     """
     CollectNet: _grpc.UnaryUnaryMultiCallable[_plant_pb2.CollectNetRequest, _plant_pb2.CollectNetResponse]
     """Net collect: records dry weights per output from a collection, closes it, and creates one
-    bulk lot per output with lineage back to the collection and its plants.
+    bulk lot per output with lineage back to the collection and its plants. Mass balance: the
+    dry weights plus `waste` may not exceed the wet weight collected (the difference is
+    moisture lost in drying), otherwise FAILED_PRECONDITION / MASS_BALANCE_VIOLATION. Each
+    output's product must be a bulk product counted by weight and its section an active
+    inventory or quarantine section (REFERENCE_INVALID). A closed collection is RESOURCE_LOCKED.
     """
     GetCollection: _grpc.UnaryUnaryMultiCallable[_plant_pb2.GetCollectionRequest, _plant_pb2.Collection]
     """Returns one collection."""
@@ -92,10 +103,15 @@ class PlantServiceAsyncStub(PlantServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePlant: _aio.UnaryUnaryMultiCallable[_plant_pb2.CreatePlantRequest, _plant_pb2.Plant]  # type: ignore[assignment]
     """Creates one plant. When `source_lot` is set, the lot's count goes down by one in the same
-    transaction.
+    transaction and a PLANTING lineage edge links the lot to the plant. The source lot must be
+    of a bulk product counted in UNIT_EACH (seeds, clones) and AVAILABLE (otherwise
+    FAILED_PRECONDITION / REFERENCE_INVALID or the lot's state reason), and hold enough
+    (INSUFFICIENT_QUANTITY).
     """
     BatchCreatePlants: _aio.UnaryUnaryMultiCallable[_plant_pb2.BatchCreatePlantsRequest, _plant_pb2.BatchCreatePlantsResponse]  # type: ignore[assignment]
-    """Creates `count` identical plants from one source lot in one transaction (AIP-233)."""
+    """Creates `count` identical plants in one transaction (AIP-233); with a `source_lot`, its count
+    goes down by `count` (see CreatePlant).
+    """
     GetPlant: _aio.UnaryUnaryMultiCallable[_plant_pb2.GetPlantRequest, _plant_pb2.Plant]  # type: ignore[assignment]
     """Returns one plant, including destroyed ones."""
     ListPlants: _aio.UnaryUnaryMultiCallable[_plant_pb2.ListPlantsRequest, _plant_pb2.ListPlantsResponse]  # type: ignore[assignment]
@@ -121,11 +137,17 @@ class PlantServiceAsyncStub(PlantServiceStub):
     CollectRaw: _aio.UnaryUnaryMultiCallable[_plant_pb2.CollectRawRequest, _plant_pb2.Collection]  # type: ignore[assignment]
     """Raw collect: records wet weight from one or many plants into an open collection (harvest
     batch), creating the collection when `collection` is empty. Repeated collections from the
-    same plants are allowed while the collection is open.
+    same plants are allowed while the collection is open. Plants must be ACTIVE and VEGETATIVE
+    or FLOWERING (a final `harvest` needs FLOWERING), or already HARVESTED into this collection
+    (otherwise FAILED_PRECONDITION / INVALID_STATE_TRANSITION).
     """
     CollectNet: _aio.UnaryUnaryMultiCallable[_plant_pb2.CollectNetRequest, _plant_pb2.CollectNetResponse]  # type: ignore[assignment]
     """Net collect: records dry weights per output from a collection, closes it, and creates one
-    bulk lot per output with lineage back to the collection and its plants.
+    bulk lot per output with lineage back to the collection and its plants. Mass balance: the
+    dry weights plus `waste` may not exceed the wet weight collected (the difference is
+    moisture lost in drying), otherwise FAILED_PRECONDITION / MASS_BALANCE_VIOLATION. Each
+    output's product must be a bulk product counted by weight and its section an active
+    inventory or quarantine section (REFERENCE_INVALID). A closed collection is RESOURCE_LOCKED.
     """
     GetCollection: _aio.UnaryUnaryMultiCallable[_plant_pb2.GetCollectionRequest, _plant_pb2.Collection]  # type: ignore[assignment]
     """Returns one collection."""
@@ -149,7 +171,10 @@ class PlantServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_plant_pb2.Plant, _abc.Awaitable[_plant_pb2.Plant]]:
         """Creates one plant. When `source_lot` is set, the lot's count goes down by one in the same
-        transaction.
+        transaction and a PLANTING lineage edge links the lot to the plant. The source lot must be
+        of a bulk product counted in UNIT_EACH (seeds, clones) and AVAILABLE (otherwise
+        FAILED_PRECONDITION / REFERENCE_INVALID or the lot's state reason), and hold enough
+        (INSUFFICIENT_QUANTITY).
         """
 
     @_abc_1.abstractmethod
@@ -158,7 +183,9 @@ class PlantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _plant_pb2.BatchCreatePlantsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_plant_pb2.BatchCreatePlantsResponse, _abc.Awaitable[_plant_pb2.BatchCreatePlantsResponse]]:
-        """Creates `count` identical plants from one source lot in one transaction (AIP-233)."""
+        """Creates `count` identical plants in one transaction (AIP-233); with a `source_lot`, its count
+        goes down by `count` (see CreatePlant).
+        """
 
     @_abc_1.abstractmethod
     def GetPlant(
@@ -238,7 +265,9 @@ class PlantServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_plant_pb2.Collection, _abc.Awaitable[_plant_pb2.Collection]]:
         """Raw collect: records wet weight from one or many plants into an open collection (harvest
         batch), creating the collection when `collection` is empty. Repeated collections from the
-        same plants are allowed while the collection is open.
+        same plants are allowed while the collection is open. Plants must be ACTIVE and VEGETATIVE
+        or FLOWERING (a final `harvest` needs FLOWERING), or already HARVESTED into this collection
+        (otherwise FAILED_PRECONDITION / INVALID_STATE_TRANSITION).
         """
 
     @_abc_1.abstractmethod
@@ -248,7 +277,11 @@ class PlantServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_plant_pb2.CollectNetResponse, _abc.Awaitable[_plant_pb2.CollectNetResponse]]:
         """Net collect: records dry weights per output from a collection, closes it, and creates one
-        bulk lot per output with lineage back to the collection and its plants.
+        bulk lot per output with lineage back to the collection and its plants. Mass balance: the
+        dry weights plus `waste` may not exceed the wet weight collected (the difference is
+        moisture lost in drying), otherwise FAILED_PRECONDITION / MASS_BALANCE_VIOLATION. Each
+        output's product must be a bulk product counted by weight and its section an active
+        inventory or quarantine section (REFERENCE_INVALID). A closed collection is RESOURCE_LOCKED.
         """
 
     @_abc_1.abstractmethod
