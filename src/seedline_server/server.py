@@ -18,6 +18,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from seedline.auth.v1 import auth_pb2_grpc
+from seedline.inventory.v1 import inventory_pb2_grpc
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +27,7 @@ from seedline_server import contract
 from seedline_server.api import unimplemented
 from seedline_server.api.auth import AuthServicer
 from seedline_server.api.interceptor import CallInterceptor
+from seedline_server.api.inventory import InventoryServicer
 from seedline_server.api.license import LicenseServicer
 from seedline_server.api.plant import PlantServicer
 from seedline_server.config import Settings
@@ -36,6 +38,7 @@ log = structlog.get_logger("seedline.server")
 
 _IMPLEMENTED = {
     "seedline.auth.v1.AuthService",
+    "seedline.inventory.v1.InventoryService",
     "seedline.license.v1.LicenseService",
     "seedline.plant.v1.PlantService",
 }
@@ -91,6 +94,7 @@ async def start(settings: Settings, database_url: str) -> Running:
     health_servicer = health.aio.HealthServicer()
     others = unimplemented.handlers(s for s in services if s.full_name not in _IMPLEMENTED)
     license_servicer, plant_servicer = LicenseServicer(database), PlantServicer(database)
+    inventory_servicer = InventoryServicer(database)
 
     def build(trust_forwarded: bool) -> grpc.aio.Server:
         server = grpc.aio.server(
@@ -99,6 +103,7 @@ async def start(settings: Settings, database_url: str) -> Running:
         )
         license_pb2_grpc.add_LicenseServiceServicer_to_server(license_servicer, server)
         plant_pb2_grpc.add_PlantServiceServicer_to_server(plant_servicer, server)
+        inventory_pb2_grpc.add_InventoryServiceServicer_to_server(inventory_servicer, server)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(), server)
         server.add_generic_rpc_handlers(others)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

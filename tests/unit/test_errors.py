@@ -31,6 +31,8 @@ EXPECTED_CODES: dict[type[e.DomainError], int] = {
     e.DestructionPending: 9,
     e.ReferenceInvalid: 9,
     e.ESignatureRequired: 9,
+    e.InsufficientQuantity: 9,
+    e.MassBalanceViolation: 9,
     e.NotImplementedYet: 12,
     e.DependencyUnavailable: 14,
 }
@@ -50,6 +52,8 @@ EXPECTED_REASONS: dict[type[e.DomainError], str] = {
     e.DestructionPending: "DESTRUCTION_PENDING",
     e.ReferenceInvalid: "REFERENCE_INVALID",
     e.ESignatureRequired: "ESIGNATURE_REQUIRED",
+    e.InsufficientQuantity: "INSUFFICIENT_QUANTITY",
+    e.MassBalanceViolation: "MASS_BALANCE_VIOLATION",
     e.NotImplementedYet: "NOT_IMPLEMENTED",
     e.DependencyUnavailable: "DEPENDENCY_UNAVAILABLE",
 }

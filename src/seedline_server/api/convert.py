@@ -9,12 +9,12 @@ from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
-from seedline.type.v1 import quantity_pb2
+from seedline.type.v1 import esignature_pb2, quantity_pb2
 
 from seedline_server.api.interceptor import current
 from seedline_server.domain import quantity
 from seedline_server.domain.errors import FieldViolation, InvalidArgument
-from seedline_server.service.context import CallContext
+from seedline_server.service.context import CallContext, Signature
 from seedline_server.service.uow import Replay
 
 M = TypeVar("M", bound=Message)
@@ -64,3 +64,13 @@ def replay(scope: str, request: Message, response_type: type[M]) -> Replay[M]:
         encode=lambda m: m.SerializeToString(),
         decode=response_type.FromString,
     )
+
+
+def signature(esig: esignature_pb2.ESignatureInput) -> Signature:
+    """The e-signature of the current caller.
+
+    The signer is the authenticated principal of the call. Re-proving identity with
+    ``credential`` (a fresh token or signing credential) belongs to the identity layer; until it
+    exists the contract's validation only guarantees the credential is present.
+    """
+    return Signature(signer=current().principal.name, meaning=esig.meaning, reason=esig.reason)

@@ -1,32 +1,31 @@
 """PlantService over gRPC (and REST through Envoy).
 
-Implemented here: create (one or a batch), get, list, update, two-step delete, cancel destruction,
-phase changes and history. Notes, grow materials and collections belong to the plants-and-inventory
-issue and answer UNIMPLEMENTED until then.
+Create (one or a batch, optionally from a seed/clone lot), get, list, update, two-step delete,
+cancel destruction, phase changes, notes, grow materials, raw and net collection, collections,
+and history.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import grpc
 from seedline.plant.v1 import plant_pb2 as pb
 from seedline.plant.v1 import plant_pb2_grpc
-from seedline.type.v1 import esignature_pb2
+from seedline.type.v1 import quantity_pb2
 
 from seedline_server.api import names
-from seedline_server.api.convert import call, dt, parse_quantity, replay, to_quantity, ts
-from seedline_server.api.interceptor import current
+from seedline_server.api.convert import call, dt, parse_quantity, replay, signature, to_quantity, ts
 from seedline_server.domain import plant as rules
 from seedline_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     InvalidUpdateMask,
-    NotImplementedYet,
 )
 from seedline_server.domain.quantity import Dimension, Quantity
-from seedline_server.service import plants, registry
+from seedline_server.service import harvest, plants, registry
 from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import models
 
@@ -73,16 +72,6 @@ def plant_pb(row: models.Plant) -> pb.Plant:
         update_time=ts(row.update_time),
         etag=registry.etag(row.id, row.version),
     )
-
-
-def _signature(esig: esignature_pb2.ESignatureInput) -> plants.Signature:
-    """The signature of the caller.
-
-    The signer is the authenticated principal of the call. Re-proving identity with
-    ``credential`` (a fresh token or signing credential) is enforced by the identity layer; until
-    it exists the credential must merely be present (the contract requires it).
-    """
-    return plants.Signature(signer=current().principal.name, meaning=esig.meaning, reason=esig.reason)
 
 
 class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
@@ -201,10 +190,10 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
     async def DeletePlant(self, request: pb.DeletePlantRequest, context: Ctx) -> pb.Plant:
         license_id, plant_id = names.child(request.name, "plants")
         if request.confirm:
-            signature = _signature(request.esignature)
+            signed = signature(request.esignature)
 
             async def confirm(uow: UnitOfWork) -> pb.Plant:
-                row = await plants.confirm_destruction(uow, license_id, plant_id, signature, request.etag)
+                row = await plants.confirm_destruction(uow, license_id, plant_id, signed, request.etag)
                 return plant_pb(row)
 
             return await self._db.write(
@@ -284,23 +273,141 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
         return await self._db.read(call(), run)
 
     async def AddPlantNote(self, request: pb.AddPlantNoteRequest, context: Ctx) -> pb.AddPlantNoteResponse:
-        raise NotImplementedYet("AddPlantNote lands with the plants-and-inventory work (issue #3)")
+        license_id = names.license_id(request.parent)
+        ids = _plant_ids(license_id, request.plants)
+
+        async def run(uow: UnitOfWork) -> pb.AddPlantNoteResponse:
+            return pb.AddPlantNoteResponse(
+                plant_count=await plants.add_note(uow, license_id, ids, request.text)
+            )
+
+        return await self._db.write(
+            call(request.request_id), run, replay("AddPlantNote", request, pb.AddPlantNoteResponse)
+        )
 
     async def ApplyGrowMaterial(
         self, request: pb.ApplyGrowMaterialRequest, context: Ctx
     ) -> pb.ApplyGrowMaterialResponse:
-        raise NotImplementedYet("ApplyGrowMaterial lands with the plants-and-inventory work (issue #3)")
+        license_id = names.license_id(request.parent)
+        ids = _plant_ids(license_id, request.plants)
+        material = plants.GrowMaterial(
+            kind=pb.GrowMaterialKind.Name(request.kind).removeprefix("GROW_MATERIAL_KIND_"),
+            material=request.material,
+            quantity=parse_quantity(request.quantity, "quantity"),
+            applied_by=request.applied_by,
+            apply_time=dt(request, "apply_time"),
+        )
+
+        async def run(uow: UnitOfWork) -> pb.ApplyGrowMaterialResponse:
+            count = await plants.apply_material(uow, license_id, ids, material)
+            return pb.ApplyGrowMaterialResponse(plant_count=count)
+
+        return await self._db.write(
+            call(request.request_id), run, replay("ApplyGrowMaterial", request, pb.ApplyGrowMaterialResponse)
+        )
 
     async def CollectRaw(self, request: pb.CollectRawRequest, context: Ctx) -> pb.Collection:
-        raise NotImplementedYet("CollectRaw lands with the plants-and-inventory work (issue #3)")
+        license_id = names.license_id(request.parent)
+        collection_id = (
+            names.same_license(license_id, request.collection, "collections", "collection")
+            if request.collection
+            else ""
+        )
+        weights = [
+            harvest.RawWeight(
+                plant_id=names.same_license(license_id, w.plant, "plants", f"weights[{n}].plant"),
+                wet_weight=parse_quantity(w.wet_weight, f"weights[{n}].wet_weight"),
+            )
+            for n, w in enumerate(request.weights)
+        ]
+        when = dt(request, "collect_time")
+
+        async def run(uow: UnitOfWork) -> pb.Collection:
+            done = await harvest.collect_raw(
+                uow, license_id, collection_id, request.display_name, weights, request.harvest, when
+            )
+            return collection_pb(done.collection, done.weights)
+
+        return await self._db.write(
+            call(request.request_id), run, replay("CollectRaw", request, pb.Collection)
+        )
 
     async def CollectNet(self, request: pb.CollectNetRequest, context: Ctx) -> pb.CollectNetResponse:
-        raise NotImplementedYet("CollectNet lands with the plants-and-inventory work (issue #3)")
+        license_id, collection_id = names.child(request.name, "collections")
+        outputs = [
+            harvest.NetOutput(
+                product_id=names.same_license(license_id, o.product, "products", f"outputs[{n}].product"),
+                dry_weight=parse_quantity(o.dry_weight, f"outputs[{n}].dry_weight"),
+                section_id=names.same_license(license_id, o.section, "sections", f"outputs[{n}].section"),
+            )
+            for n, o in enumerate(request.outputs)
+        ]
+        waste = parse_quantity(request.waste, "waste") if request.HasField("waste") else None
+        when = dt(request, "collect_time")
+
+        async def run(uow: UnitOfWork) -> pb.CollectNetResponse:
+            done, lots = await harvest.collect_net(uow, license_id, collection_id, outputs, waste, when)
+            return pb.CollectNetResponse(
+                collection=collection_pb(done.collection, done.weights),
+                lots=[f"licenses/{license_id}/lots/{lot.id}" for lot in lots],
+            )
+
+        return await self._db.write(
+            call(request.request_id), run, replay("CollectNet", request, pb.CollectNetResponse)
+        )
 
     async def GetCollection(self, request: pb.GetCollectionRequest, context: Ctx) -> pb.Collection:
-        raise NotImplementedYet("GetCollection lands with the plants-and-inventory work (issue #3)")
+        license_id, collection_id = names.child(request.name, "collections")
+
+        async def run(uow: UnitOfWork) -> pb.Collection:
+            found = await harvest.get_collection(uow, license_id, collection_id)
+            return collection_pb(found.collection, found.weights)
+
+        return await self._db.read(call(), run)
 
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: Ctx
     ) -> pb.ListCollectionsResponse:
-        raise NotImplementedYet("ListCollections lands with the plants-and-inventory work (issue #3)")
+        license_id = names.license_id(request.parent)
+
+        async def run(uow: UnitOfWork) -> pb.ListCollectionsResponse:
+            page, weights = await harvest.list_collections(
+                uow, license_id, request.state, request.page_size, request.page_token
+            )
+            return pb.ListCollectionsResponse(
+                collections=[collection_pb(c, weights[c.id]) for c in page.rows],
+                next_page_token=page.next_page_token,
+            )
+
+        return await self._db.read(call(), run)
+
+
+def _plant_ids(license_id: str, plant_names: Sequence[str]) -> list[str]:
+    ids = [names.same_license(license_id, p, "plants", f"plants[{n}]") for n, p in enumerate(plant_names)]
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument("each plant may be listed once", [FieldViolation("plants", "must be unique")])
+    return ids
+
+
+def _grams(amount: Decimal | None) -> quantity_pb2.Quantity | None:
+    return None if amount is None else to_quantity(Quantity(amount, Dimension.WEIGHT))
+
+
+def collection_pb(row: models.Collection, weights: Sequence[models.CollectionWeight]) -> pb.Collection:
+    """Wire form of a collection with its raw weighings."""
+    lic = row.license_id
+    return pb.Collection(
+        name=harvest.collection_name(lic, row.id),
+        display_name=row.display_name,
+        state=row.state,  # type: ignore[arg-type]
+        total_wet_weight=_grams(row.total_wet),
+        raw_weights=[
+            pb.RawWeight(plant=f"licenses/{lic}/plants/{w.plant_id}", wet_weight=_grams(w.wet_weight))
+            for w in weights
+        ],
+        output_lots=row.output_lots,
+        create_time=ts(row.create_time),
+        close_time=ts(row.close_time),
+        total_dry_weight=_grams(row.total_dry),
+        waste=_grams(row.waste),
+    )

@@ -17,7 +17,6 @@ from seedline_server.domain.errors import NotImplementedYet
 
 # Which issue brings each service, for the message.
 _LANDS_WITH = {
-    "seedline.inventory.v1.InventoryService": "the plants-and-inventory work (issue #3)",
     "seedline.lab.v1.LabResultService": "the lab-and-transfer work (issue #4)",
     "seedline.transfer.v1.TransferService": "the lab-and-transfer work (issue #4)",
     "seedline.auth.v1.AuthService": "the identity work (issue #5)",

@@ -129,6 +129,18 @@ class ReferenceInvalid(FailedPrecondition):
     reason = "REFERENCE_INVALID"
 
 
+class InsufficientQuantity(FailedPrecondition):
+    """A lot holds less than the operation takes; nothing was changed."""
+
+    reason = "INSUFFICIENT_QUANTITY"
+
+
+class MassBalanceViolation(FailedPrecondition):
+    """What goes into an operation does not equal what comes out plus the recorded waste."""
+
+    reason = "MASS_BALANCE_VIOLATION"
+
+
 class ESignatureRequired(FailedPrecondition):
     """The operation needs a valid electronic signature."""
 

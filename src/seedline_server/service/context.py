@@ -31,3 +31,19 @@ class CallContext:
     principal: Principal
     method: str
     request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """An e-signature accepted for a critical operation (identity re-proven by the transport).
+
+    Attributes:
+        signer: the principal that signed.
+        meaning: ``seedline.type.v1.SignatureMeaning`` number.
+        reason: the signer's stated reason.
+
+    """
+
+    signer: str
+    meaning: int
+    reason: str

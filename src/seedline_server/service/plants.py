@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
 
+from seedline_server.domain import lot as lot_rules
 from seedline_server.domain import plant as rules
 from seedline_server.domain.errors import (
     ESignatureRequired,
     FieldViolation,
     InvalidArgument,
+    InvalidStateTransition,
     NotFound,
     ReferenceInvalid,
+    ResourceLocked,
     UnitMismatch,
 )
 from seedline_server.domain.quantity import Dimension, Quantity
+from seedline_server.service import inventory, lineage
+from seedline_server.service.context import Signature
 from seedline_server.service.registry import (
     Page,
     apply_mask,
@@ -33,15 +40,19 @@ from seedline_server.store import models
 
 CROP_SECTION = 1  # seedline.license.v1.SectionType.SECTION_TYPE_CROP
 
-# seedline.plant.v1.PlantEventType numbers
-EV_CREATED, EV_UPDATED, EV_PHASE, EV_DESTRUCTION_REQUESTED, EV_DESTRUCTION_CANCELLED, EV_DESTROYED = (
-    1,
-    2,
-    3,
-    7,
-    8,
-    9,
-)
+
+class Event(enum.IntEnum):
+    """Values match ``seedline.plant.v1.PlantEventType``."""
+
+    CREATED = 1
+    UPDATED = 2
+    PHASE_CHANGED = 3
+    NOTE_ADDED = 4
+    MATERIAL_APPLIED = 5
+    RAW_COLLECTED = 6
+    DESTRUCTION_REQUESTED = 7
+    DESTRUCTION_CANCELLED = 8
+    DESTROYED = 9
 
 
 @dataclass(frozen=True)
@@ -66,20 +77,13 @@ class DestructionRequest:
     method: int
 
 
-@dataclass(frozen=True)
-class Signature:
-    """A verified e-signature (identity re-proven by the transport)."""
-
-    signer: str
-    meaning: int
-    reason: str
-
-
-def _resource(license_id: str, plant_id: str) -> str:
+def plant_name(license_id: str, plant_id: str) -> str:
+    """``licenses/{license}/plants/{plant}``."""
     return f"licenses/{license_id}/plants/{plant_id}"
 
 
-def _not_future(field: str, value: datetime | None) -> datetime:
+def not_future(field: str, value: datetime | None) -> datetime:
+    """``value`` (now when unset); INVALID_ARGUMENT naming ``field`` when it is in the future."""
     t = now()
     if value is None:
         return t
@@ -98,7 +102,7 @@ async def _check_refs(uow: UnitOfWork, license_id: str, variety_id: str, section
         )
 
 
-async def _event(
+async def record_event(
     uow: UnitOfWork,
     plant: models.Plant,
     type_: int,
@@ -107,6 +111,7 @@ async def _event(
     details: dict[str, Any],
     audit_id: str,
 ) -> None:
+    """Append an entry to the plant's history, pointing at the audit event of the change."""
     uow.session.add(
         models.PlantEvent(
             plant_id=plant.id,
@@ -120,10 +125,33 @@ async def _event(
     )
 
 
+async def _plant_from(uow: UnitOfWork, license_id: str, source_lot: str, count: int, t: datetime) -> None:
+    """Take ``count`` seeds or clones from the source lot (locked), in this transaction."""
+    lot_id = source_lot.rsplit("/", 1)[1]
+    lot = await inventory.lock_lot(uow, license_id, lot_id)
+    product = await inventory.get_product(uow, license_id, lot.product_id)
+    count_rule = inventory.counting(product)
+    if count_rule.package is not lot_rules.Package.BULK or count_rule.dimension is not Dimension.COUNT:
+        raise ReferenceInvalid(
+            f"source_lot {source_lot} is not a lot of seeds or clones (a bulk product counted in UNIT_EACH)",
+            metadata={"source_lot": source_lot},
+        )
+    if lot.status == lot_rules.Status.QUARANTINED.value:
+        raise InvalidStateTransition(
+            f"source_lot {source_lot} is QUARANTINED: plants come only from AVAILABLE lots",
+            metadata={"status": "QUARANTINED"},
+        )
+    await inventory.consume(uow, lot, Decimal(count), "PLANT", t)
+
+
 async def create_plants(
     uow: UnitOfWork, license_id: str, new: NewPlant, count: int = 1
 ) -> list[models.Plant]:
-    """Create ``count`` plants in one transaction, each with its audit event and history entry."""
+    """Create ``count`` plants in one transaction, each with its audit event and history entry.
+
+    With a source lot, the lot is locked first and its count goes down by ``count``; each plant
+    gets a PLANTING lineage edge from it.
+    """
     await get_license(uow, license_id)
     if new.phase not in rules.INITIAL_PHASES:
         raise InvalidArgument(
@@ -131,8 +159,11 @@ async def create_plants(
             [FieldViolation("plant.phase", "must be PLANT_PHASE_CLONE or PLANT_PHASE_SEEDLING on create")],
         )
     await _check_refs(uow, license_id, new.variety_id, new.section_id)
-    planted = _not_future("plant.plant_time", new.plant_time)
+    planted = not_future("plant.plant_time", new.plant_time)
     t = now()
+    if new.source_lot:
+        await _plant_from(uow, license_id, new.source_lot, count, t)
+    one = Quantity(Decimal(1), Dimension.COUNT)
     created = []
     for n in range(count):
         name = new.display_name
@@ -154,19 +185,104 @@ async def create_plants(
             version=1,
         )
         uow.session.add(row)
-        await uow.session.flush()
         audit_id = await uow.audit(
             license_id=license_id,
-            resource=_resource(license_id, row.id),
+            resource=plant_name(license_id, row.id),
             action="CREATE",
             before=None,
             after=snapshot(row),
         )
-        await _event(
-            uow, row, EV_CREATED, planted, f"planted as {new.phase.name}", {"phase": new.phase.name}, audit_id
+        details: dict[str, Any] = {"phase": new.phase.name}
+        if new.source_lot:
+            details["source_lot"] = new.source_lot
+            lineage.link(uow, new.source_lot, plant_name(license_id, row.id), lineage.Op.PLANTING, t, one)
+        await record_event(
+            uow, row, Event.CREATED, planted, f"planted as {new.phase.name}", details, audit_id
         )
         created.append(row)
+    await uow.session.flush()
     return created
+
+
+async def lock_plants(uow: UnitOfWork, license_id: str, plant_ids: Sequence[str]) -> list[models.Plant]:
+    """The plants locked in id order, returned in request order (NOT_FOUND for a missing one)."""
+    return await _plants(uow, license_id, plant_ids, lock=True)
+
+
+async def _plants(
+    uow: UnitOfWork, license_id: str, plant_ids: Sequence[str], lock: bool
+) -> list[models.Plant]:
+    """The plants, in request order (NOT_FOUND names the first missing one); locked in id order."""
+    stmt = select(models.Plant).where(models.Plant.id.in_(sorted(set(plant_ids)))).order_by(models.Plant.id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    found = {p.id: p for p in (await uow.session.scalars(stmt)).all() if p.license_id == license_id}
+    for plant_id in plant_ids:
+        if plant_id not in found:
+            raise NotFound("plant", plant_name(license_id, plant_id))
+    return [found[p] for p in plant_ids]
+
+
+async def add_note(uow: UnitOfWork, license_id: str, plant_ids: Sequence[str], note: str) -> int:
+    """Add the same note to each plant's history (destroyed plants are locked)."""
+    await get_license(uow, license_id)
+    rows = await _plants(uow, license_id, plant_ids, lock=False)
+    for row in rows:
+        if row.state == rules.State.DESTROYED.value:
+            raise ResourceLocked(
+                f"plant {plant_name(license_id, row.id)} is destroyed and locked against change"
+            )
+    t = now()
+    for row in rows:
+        audit_id = await uow.audit(
+            license_id=license_id,
+            resource=plant_name(license_id, row.id),
+            action="NOTE_ADDED",
+            before=None,
+            after={"note": note},
+        )
+        summary = note if len(note) <= 80 else note[:79] + "…"
+        await record_event(uow, row, Event.NOTE_ADDED, t, summary, {"note": note}, audit_id)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class GrowMaterial:
+    """One application of a grow material to a set of plants."""
+
+    kind: str
+    material: str
+    quantity: Quantity
+    applied_by: str
+    apply_time: datetime | None
+
+
+async def apply_material(uow: UnitOfWork, license_id: str, plant_ids: Sequence[str], m: GrowMaterial) -> int:
+    """Record a grow material applied to ACTIVE plants (the total quantity, shared by them)."""
+    await get_license(uow, license_id)
+    rows = await _plants(uow, license_id, plant_ids, lock=False)
+    for row in rows:
+        rules.check_editable(rules.State(row.state))
+    when = not_future("apply_time", m.apply_time)
+    details = {
+        "kind": m.kind,
+        "material": m.material,
+        "quantity": m.quantity.text(),
+        "unit": m.quantity.unit.name,
+        "applied_by": m.applied_by,
+        "plant_count": len(rows),
+    }
+    summary = f"{m.kind.lower()} {m.material}: {m.quantity.text()} {m.quantity.unit.name.lower()}"
+    for row in rows:
+        audit_id = await uow.audit(
+            license_id=license_id,
+            resource=plant_name(license_id, row.id),
+            action="MATERIAL_APPLIED",
+            before=None,
+            after=details | {"apply_time": when.isoformat()},
+        )
+        await record_event(uow, row, Event.MATERIAL_APPLIED, when, summary, details, audit_id)
+    return len(rows)
 
 
 async def get_plant(uow: UnitOfWork, license_id: str, plant_id: str) -> models.Plant:
@@ -211,7 +327,7 @@ async def list_plants(
 async def _locked_plant(uow: UnitOfWork, license_id: str, plant_id: str) -> models.Plant:
     row = await uow.session.get(models.Plant, plant_id, with_for_update=True)
     if row is None or row.license_id != license_id:
-        raise NotFound("plant", _resource(license_id, plant_id))
+        raise NotFound("plant", plant_name(license_id, plant_id))
     return row
 
 
@@ -235,7 +351,7 @@ async def update_plant(
     after = snapshot(row)
     audit_id = await uow.audit(
         license_id=license_id,
-        resource=_resource(license_id, row.id),
+        resource=plant_name(license_id, row.id),
         action="UPDATE",
         before=before,
         after=after,
@@ -243,8 +359,8 @@ async def update_plant(
     changed = {
         k: after[k] for k in after if before.get(k) != after[k] and k not in {"version", "update_time"}
     }
-    await _event(
-        uow, row, EV_UPDATED, row.update_time, "updated " + ", ".join(sorted(changed)), changed, audit_id
+    await record_event(
+        uow, row, Event.UPDATED, row.update_time, "updated " + ", ".join(sorted(changed)), changed, audit_id
     )
     return row
 
@@ -272,15 +388,15 @@ async def request_destruction(
     row.update_time = t
     audit_id = await uow.audit(
         license_id=license_id,
-        resource=_resource(license_id, row.id),
+        resource=plant_name(license_id, row.id),
         action="DESTRUCTION_REQUESTED",
         before=before,
         after=snapshot(row),
     )
-    await _event(
+    await record_event(
         uow,
         row,
-        EV_DESTRUCTION_REQUESTED,
+        Event.DESTRUCTION_REQUESTED,
         t,
         f"destruction requested: {req.reason}",
         dict(row.destruction),
@@ -313,14 +429,14 @@ async def confirm_destruction(
     row.destruction = destruction
     audit_id = await uow.audit(
         license_id=license_id,
-        resource=_resource(license_id, row.id),
+        resource=plant_name(license_id, row.id),
         action="DESTROYED",
         before=before,
         after=snapshot(row),
     )
     destruction["audit_event_id"] = audit_id
     row.destruction = destruction
-    await _event(uow, row, EV_DESTROYED, t, "destroyed", dict(destruction), audit_id)
+    await record_event(uow, row, Event.DESTROYED, t, "destroyed", dict(destruction), audit_id)
     return row
 
 
@@ -339,12 +455,12 @@ async def cancel_destruction(
     row.update_time = t
     audit_id = await uow.audit(
         license_id=license_id,
-        resource=_resource(license_id, row.id),
+        resource=plant_name(license_id, row.id),
         action="DESTRUCTION_CANCELLED",
         before=before,
         after=snapshot(row),
     )
-    await _event(uow, row, EV_DESTRUCTION_CANCELLED, t, "destruction cancelled", {}, audit_id)
+    await record_event(uow, row, Event.DESTRUCTION_CANCELLED, t, "destruction cancelled", {}, audit_id)
     return row
 
 
@@ -362,7 +478,7 @@ async def change_phase(
     rules.check_editable(rules.State(row.state))
     current = rules.Phase(row.phase)
     rules.check_phase_change(current, phase)
-    t = _not_future("phase_time", when)
+    t = not_future("phase_time", when)
     before = snapshot(row)
     row.phase = phase.value
     if phase is rules.Phase.VEGETATIVE:
@@ -373,15 +489,15 @@ async def change_phase(
     row.update_time = now()
     audit_id = await uow.audit(
         license_id=license_id,
-        resource=_resource(license_id, row.id),
+        resource=plant_name(license_id, row.id),
         action="PHASE_CHANGED",
         before=before,
         after=snapshot(row),
     )
-    await _event(
+    await record_event(
         uow,
         row,
-        EV_PHASE,
+        Event.PHASE_CHANGED,
         t,
         f"{current.name} → {phase.name}",
         {"from": current.name, "to": phase.name},

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ulid import ULID
 
@@ -28,6 +28,13 @@ R = TypeVar("R")
 GENESIS_HASH = "0" * 64
 # One chain for the whole database: appends serialise on this advisory lock (held to commit).
 _AUDIT_LOCK_KEY = 0x5EED_A0D1
+# SQLSTATEs of transactions PostgreSQL rolled back to break a conflict: safe to run again.
+_RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_ATTEMPTS = 3
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
 
 
 def new_id() -> str:
@@ -66,6 +73,9 @@ class UnitOfWork:
         self.session = session
         self.ctx = ctx
         self.audit_ids: list[str] = []
+        # The chain head once this transaction holds the chain lock: later appends in the same
+        # transaction chain onto it without another lock or lookup.
+        self._head: str | None = None
 
     async def audit(
         self,
@@ -77,10 +87,12 @@ class UnitOfWork:
         after: dict[str, Any] | None,
     ) -> str:
         """Append a hash-chained audit event for this call; returns its id."""
-        await self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
-        prev = await self.session.scalar(
-            select(models.AuditEvent.hash).order_by(models.AuditEvent.seq.desc()).limit(1)
-        )
+        if self._head is None:
+            await self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+            prev = await self.session.scalar(
+                select(models.AuditEvent.hash).order_by(models.AuditEvent.seq.desc()).limit(1)
+            )
+            self._head = prev or GENESIS_HASH
         event_id = new_id()
         event_time = now()
         content = {
@@ -95,7 +107,7 @@ class UnitOfWork:
             "after": after,
             "request_id": self.ctx.request_id,
         }
-        prev_hash = prev or GENESIS_HASH
+        prev_hash = self._head
         # Round-trip through JSON so what is hashed is exactly what JSONB stores.
         before_j = json.loads(_canonical(before)) if before is not None else None
         after_j = json.loads(_canonical(after)) if after is not None else None
@@ -112,9 +124,10 @@ class UnitOfWork:
                 after=after_j,
                 request_id=self.ctx.request_id,
                 prev_hash=prev_hash,
-                hash=audit_hash(prev_hash, content),
+                hash=(head := audit_hash(prev_hash, content)),
             )
         )
+        self._head = head
         self.audit_ids.append(event_id)
         return event_id
 
@@ -139,16 +152,28 @@ class Database:
         fn: Callable[[UnitOfWork], Awaitable[T]],
         replay: Replay[T] | None = None,
     ) -> T:
-        """Run a mutation in one transaction; with ``replay`` and a request id, idempotently."""
-        try:
-            return await self._write(ctx, fn, replay)
-        except IntegrityError:
-            if replay is None or not ctx.request_id:
+        """Run a mutation in one transaction; with ``replay`` and a request id, idempotently.
+
+        A transaction PostgreSQL aborts as a deadlock victim or a serialization failure changed
+        nothing, so it is run again (up to :data:`_ATTEMPTS` times in all).
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await self._write(ctx, fn, replay)
+            except IntegrityError:
+                if replay is None or not ctx.request_id:
+                    raise
+                # A concurrent call with the same request id committed first: answer as it did.
+                return await self._write(ctx, fn, replay)
+            except DBAPIError as exc:
+                if _sqlstate(exc) in _RETRYABLE and attempt < _ATTEMPTS:
+                    continue
+                if isinstance(exc, OperationalError) or _sqlstate(exc) in _RETRYABLE:
+                    raise DependencyUnavailable("the database is unavailable; retry with backoff") from exc
                 raise
-            # A concurrent call with the same request id committed first: answer as it did.
-            return await self._write(ctx, fn, replay)
-        except (OperationalError, OSError, ConnectionError) as exc:
-            raise DependencyUnavailable("the database is unavailable; retry with backoff") from exc
+            except (OSError, ConnectionError) as exc:
+                raise DependencyUnavailable("the database is unavailable; retry with backoff") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _write(
         self,
