@@ -162,8 +162,19 @@ async def create_lot(uow: UnitOfWork, license_id: str, new: NewLot) -> models.Lo
 
 
 async def get_lot(uow: UnitOfWork, license_id: str, lot_id: str) -> models.Lot:
-    """One lot, in any status, or NOT_FOUND."""
-    return await get_scoped(uow, models.Lot, license_id, lot_id, "lot", "lots")
+    """One lot, in any status, or NOT_FOUND; its product is loaded in the same round trip."""
+    found = (
+        await uow.session.execute(
+            select(models.Lot, models.Product)
+            .join(models.Product, models.Product.id == models.Lot.product_id)
+            .where(models.Lot.id == lot_id)
+        )
+    ).first()
+    if found is None or found[0].license_id != license_id:
+        raise NotFound("lot", lot_name(license_id, lot_id))
+    uow.pinned.append(found)
+    lot: models.Lot = found[0]
+    return lot
 
 
 async def lots_by_id(uow: UnitOfWork, lot_ids: Sequence[str]) -> list[models.Lot]:
@@ -244,18 +255,25 @@ def _ulid_ceiling(t: datetime) -> str:
 
 
 async def lock_lots(uow: UnitOfWork, license_id: str, lot_ids: Sequence[str]) -> dict[str, models.Lot]:
-    """Lock the lots (in id order, so concurrent multi-lot operations cannot deadlock)."""
+    """Lock the lots (in id order, so concurrent multi-lot operations cannot deadlock).
+
+    Their products and sections come in the same round trip (locked: only the lots), so the
+    rules that need them read the session's identity map instead of querying again.
+    """
     ordered = sorted(set(lot_ids))
     rows = (
-        await uow.session.scalars(
-            select(models.Lot)
+        await uow.session.execute(
+            select(models.Lot, models.Product, models.Section)
+            .join(models.Product, models.Product.id == models.Lot.product_id)
+            .join(models.Section, models.Section.id == models.Lot.section_id)
             .where(models.Lot.id.in_(ordered))
             .order_by(models.Lot.id)
-            .with_for_update()
+            .with_for_update(of=models.Lot)
             .execution_options(populate_existing=True)
         )
     ).all()
-    found = {r.id: r for r in rows if r.license_id == license_id}
+    uow.pinned.extend(rows)
+    found = {lot.id: lot for lot, _, _ in rows if lot.license_id == license_id}
     for lot_id in ordered:
         if lot_id not in found:
             raise NotFound("lot", lot_name(license_id, lot_id))

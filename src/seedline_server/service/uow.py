@@ -73,6 +73,9 @@ class UnitOfWork:
         self.session = session
         self.ctx = ctx
         self.audit_ids: list[str] = []
+        # Strong references to rows loaded alongside others (e.g. a lot's product): the session's
+        # identity map is weak, and keeping them lets later ``session.get`` calls skip a query.
+        self.pinned: list[object] = []
         # The chain head once this transaction holds the chain lock: later appends in the same
         # transaction chain onto it without another lock or lookup.
         self._head: str | None = None
