@@ -13,6 +13,7 @@ from seedline.type.v1 import quantity_pb2
 from seedline_server.api import names
 from seedline_server.api.convert import call, dt, parse_quantity, replay, signature, to_quantity, ts
 from seedline_server.domain import lot as rules
+from seedline_server.domain.errors import ReferenceInvalid
 from seedline_server.domain.quantity import Dimension, Quantity, Unit, dimension_of
 from seedline_server.service import inventory, lineage
 from seedline_server.service.registry import etag
@@ -182,7 +183,13 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
 
     async def MoveLot(self, request: pb.MoveLotRequest, context: Ctx) -> pb.Lot:
         license_id, lot_id = names.child(request.name, "lots")
-        section_id = names.same_license(license_id, request.section, "sections", "section")
+        section_license, section_id = names.child(request.section, "sections", "section")
+        if section_license != license_id:
+            # The contract names this REFERENCE_INVALID: the section exists or not, it cannot hold the lot.
+            raise ReferenceInvalid(
+                f"section {request.section} is not a section of the lot's license licenses/{license_id}",
+                metadata={"section": request.section},
+            )
 
         async def run(uow: UnitOfWork) -> pb.Lot:
             row = await inventory.move_lot(uow, license_id, lot_id, section_id, request.etag)
