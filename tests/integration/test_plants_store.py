@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import func, select, text
@@ -191,7 +192,10 @@ async def test_keyset_pages_are_stable_while_rows_are_inserted(database: Databas
 async def test_largest_admissible_quantity_is_stored_exactly(database: Database, farm: Farm) -> None:
     from seedline_server.domain.quantity import Unit, parse
 
-    biggest = parse("999999999999.999999999", Unit.POUND)  # the contract's largest value, heaviest unit
+    # The largest amount stored (what a Quantity's 12 integer digits can carry back), reached from
+    # the heaviest unit.
+    biggest = parse("2204622621.848775586", Unit.POUND)
+    assert biggest.amount == Decimal("999999999999.9999")
 
     async def run(uow: UnitOfWork) -> models.Product:
         product = models.Product(

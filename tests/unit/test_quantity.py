@@ -11,6 +11,7 @@ from seedline.type.v1 import quantity_pb2
 
 from seedline_server.domain.errors import InvalidArgument, UnitMismatch
 from seedline_server.domain.quantity import (
+    MAX_AMOUNT,
     SCALE,
     STORAGE_UNIT,
     Dimension,
@@ -116,6 +117,10 @@ def test_grams_with_four_places_round_trip_exactly(v: Decimal) -> None:
 @settings(max_examples=200)
 @given(value=contract_values(), unit=st.sampled_from(MEASURED))
 def test_conversion_error_is_at_most_half_a_storage_step(value: str, unit: Unit) -> None:
+    if exact_storage(value, unit) > MAX_AMOUNT:
+        with pytest.raises(ValueError, match="largest amount stored"):
+            parse(value, unit)
+        return
     q = parse(value, unit)
     assert q.dimension is dimension_of(unit)
     # Stored with exactly 4 places.
@@ -134,7 +139,12 @@ def test_conversion_error_is_at_most_half_a_storage_step(value: str, unit: Unit)
 @example(value="999999999999.999999999", unit=Unit.FLUID_OUNCE)
 @example(value="999999999999.999999999", unit=Unit.OUNCE)
 def test_parse_equals_exact_product_rounded_once(value: str, unit: Unit) -> None:
-    assert parse(value, unit).amount == exact_storage(value, unit)
+    expected = exact_storage(value, unit)
+    if expected > MAX_AMOUNT:  # beyond what a Quantity can carry back: refused, never truncated
+        with pytest.raises(ValueError, match="largest amount stored"):
+            parse(value, unit)
+        return
+    assert parse(value, unit).amount == expected
 
 
 @pytest.mark.parametrize(
@@ -207,10 +217,16 @@ def test_rounding_is_half_even_to_four_places(value: str, unit: Unit, expected: 
 
 
 def test_double_rounding_does_not_happen_for_large_pound_values() -> None:
-    # 999999999896.835396173 lb = 453592369953205.32285000000001... g exactly: just above the tie,
-    # so it must round up. Multiplying in a 28-digit context first rounds the product to
-    # ...3228500000000 (an exact tie) and the quantize then rounds half-even down to ...3228.
-    assert parse("999999999896.835396173", Unit.POUND).amount == Decimal("453592369953205.3229")
+    # 999999999896.835396173 lb = 453592369953205.32285000000001... g exactly: multiplying in a
+    # 28-digit context would round it to an exact tie and then half-even down. It is now above
+    # the largest amount stored, so it is refused outright; the largest storable pound value
+    # still converts exactly.
+    with pytest.raises(ValueError, match="largest amount stored"):
+        parse("999999999896.835396173", Unit.POUND)
+    assert parse("2204622621.848775586", Unit.POUND).amount == exact_storage(
+        "2204622621.848775586", Unit.POUND
+    )
+    assert parse("2204622621.848775586", Unit.POUND).amount == MAX_AMOUNT
 
 
 @settings(max_examples=200)
@@ -356,11 +372,19 @@ def test_malformed_values_raise_value_error(value: str, unit: Unit) -> None:
         parse(value, unit)
 
 
-def test_largest_contract_values_are_accepted() -> None:
-    assert parse("999999999999.999999999", Unit.GRAM).amount == Decimal("1000000000000.0000")
+def test_largest_storable_values_are_accepted_and_larger_ones_refused() -> None:
+    # Every stored amount must fit the contract's value pattern (12 integer digits) on the way out.
+    assert parse("999999999999.9999", Unit.GRAM).amount == MAX_AMOUNT
     assert parse("999999999999", Unit.EACH).amount == Decimal("999999999999")
-    assert parse("999999999999.9999", Unit.KILOGRAM).amount == Decimal("999999999999999.9000")
-    assert parse("999999999999.999999999", Unit.KILOGRAM).amount == Decimal("1000000000000000.0000")
+    assert parse("999999999.9999999", Unit.KILOGRAM).amount == MAX_AMOUNT
+    for value, unit in [
+        ("999999999999.99995", Unit.GRAM),  # rounds up to 10^12
+        ("999999999999.9999", Unit.KILOGRAM),
+        ("1000000000", Unit.KILOGRAM),
+        ("999999999999.999999999", Unit.LITER),
+    ]:
+        with pytest.raises(ValueError, match="largest amount stored"):
+            parse(value, unit)
 
 
 @pytest.mark.parametrize(

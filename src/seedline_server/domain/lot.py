@@ -16,14 +16,23 @@ from decimal import Decimal
 
 from seedline_server.domain.errors import (
     DestructionPending,
+    FieldViolation,
     InsufficientQuantity,
+    InvalidArgument,
     InvalidStateTransition,
     MassBalanceViolation,
     ReferenceInvalid,
     ResourceLocked,
     UnitMismatch,
 )
-from seedline_server.domain.quantity import Dimension, Quantity, Unit, dimension_of
+from seedline_server.domain.quantity import (
+    Dimension,
+    Quantity,
+    Unit,
+    check_storable,
+    dimension_of,
+    exact_product,
+)
 
 # Mass balance is checked to within the storage precision: one unit of the 4th decimal place.
 TOLERANCE = Decimal("0.0001")
@@ -104,8 +113,8 @@ USABLE = frozenset({Status.AVAILABLE, Status.QUARANTINED})
 _PLANT_TYPES = frozenset(
     {
         "018NY6XC00PT3EZZ4GN6105M64",  # Bulk Plant / Clone / Seed
-        "018NY6XC00PT01KFPCEFB9G1Z2",  # Bulk Plant Tissue
-        "018NY6XC00PT4N82RFPHNHV3ZQ",  # Bulk Plant
+        "018NY6XC00PT01KFPCEFB9G1Z2",  # Bulk Plant Tissue (base: the line above)
+        "018NY6XC00PTRPPDT8NJY2MWQW",  # Bulk Plant (base: the first line)
         "018NY6XC00PTY9THKSEQ8NFS1J",  # Seed
     }
 )
@@ -138,7 +147,9 @@ class Counting:
             return cls(kind, dimension_of(Unit(bulk_unit)))
         size = None
         if unit_size is not None and unit_size_unit:
-            size = Quantity(unit_size, dimension_of(Unit(unit_size_unit)))
+            dim = dimension_of(Unit(unit_size_unit))
+            # A unit "size" in units says nothing about weight or volume.
+            size = Quantity(unit_size, dim) if dim is not Dimension.COUNT else None
         return cls(kind, Dimension.COUNT, size, pack_count if kind is Package.PACK else 1)
 
     def net(self, amount: Decimal) -> Quantity | None:
@@ -147,7 +158,8 @@ class Counting:
             return None if self.dimension is Dimension.COUNT else Quantity(amount, self.dimension)
         if self.unit_size is None:
             return None
-        return Quantity(amount * self.unit_size.amount * self.pack_count, self.unit_size.dimension)
+        net = exact_product(amount, self.unit_size.amount, Decimal(self.pack_count))
+        return Quantity(net, self.unit_size.dimension)
 
     def weight(self, amount: Decimal) -> Decimal | None:
         """Net weight in grams of ``amount`` counted units, or None when not known by weight."""
@@ -204,6 +216,15 @@ def check_section_holds_lots(kind: SectionKind, active: bool, name: str) -> None
         )
 
 
+def positive(q: Quantity, field: str) -> None:
+    """Raise INVALID_ARGUMENT when ``q`` is zero once rounded (e.g. "0.00004" g)."""
+    if q.amount <= ZERO:
+        raise InvalidArgument(
+            f"{field} is 0 once rounded to the storage precision; it must be greater than zero",
+            [FieldViolation(field, "must be greater than zero after rounding to 4 decimal places")],
+        )
+
+
 def take(available: Decimal, amount: Decimal, lot: str) -> Decimal:
     """What remains after taking ``amount``; INSUFFICIENT_QUANTITY (nothing taken) if too little."""
     if amount > available:
@@ -248,6 +269,7 @@ def adjusted(
         )
     if new == current:
         raise InvalidStateTransition(f"lot {lot} already holds {current}: nothing to adjust")
+    check_storable(new, "quantity")
     return new
 
 

@@ -13,9 +13,14 @@ import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
-from seedline_server.domain.errors import UnitMismatch
+from seedline_server.domain.errors import FieldViolation, InvalidArgument, UnitMismatch
 
 SCALE = Decimal("0.0001")
+# The largest amount stored: what the contract's value pattern (12 integer digits) can carry
+# back, so every stored amount can be answered and sent again. 10^12 g is a million tonnes.
+MAX_AMOUNT = Decimal("999999999999.9999")
+# Wide enough for any product of stored amounts (24 digits by 24 digits): no context rounding.
+_EXACT = Context(prec=64)
 _VALUE = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,9})?$")
 
 
@@ -96,13 +101,30 @@ class Quantity:
     def text(self) -> str:
         """The amount as a fixed-point string with 4 places (0 places for counts)."""
         if self.dimension is Dimension.COUNT:
-            return str(self.amount.quantize(Decimal(1)))
-        return str(self.amount.quantize(SCALE))
+            return str(self.amount.quantize(Decimal(1), context=_EXACT))
+        return str(self.amount.quantize(SCALE, context=_EXACT))
 
 
 def round_storage(amount: Decimal) -> Decimal:
     """Apply the one rounding rule: half-even to 4 decimal places."""
-    return amount.quantize(SCALE, rounding=ROUND_HALF_EVEN)
+    return amount.quantize(SCALE, rounding=ROUND_HALF_EVEN, context=_EXACT)
+
+
+def exact_product(*factors: Decimal) -> Decimal:
+    """The exact product of ``factors`` (no 28-digit context rounding)."""
+    out = Decimal(1)
+    for f in factors:
+        out = _EXACT.multiply(out, f)
+    return out
+
+
+def check_storable(amount: Decimal, what: str) -> None:
+    """Raise INVALID_ARGUMENT when ``amount`` exceeds :data:`MAX_AMOUNT`."""
+    if amount > MAX_AMOUNT:
+        raise InvalidArgument(
+            f"{what} would be {amount}, above the largest amount stored ({MAX_AMOUNT})",
+            [FieldViolation(what, f"must not exceed {MAX_AMOUNT} in the storage unit")],
+        )
 
 
 def parse(value: str, unit: Unit) -> Quantity:
@@ -123,4 +145,10 @@ def parse(value: str, unit: Unit) -> Quantity:
         return Quantity(raw.quantize(Decimal(1)), dim)
     # The exact product has up to 34 significant digits: multiply without the default 28-digit
     # context rounding, so the only rounding is round_storage (no double rounding).
-    return Quantity(round_storage(Context(prec=64).multiply(raw, factor)), dim)
+    stored = round_storage(_EXACT.multiply(raw, factor))
+    if stored > MAX_AMOUNT:
+        raise ValueError(
+            f"{value} {unit.name.lower()} is {stored} in the storage unit, above the largest amount "
+            f"stored ({MAX_AMOUNT})"
+        )
+    return Quantity(stored, dim)

@@ -20,7 +20,7 @@ from seedline_server.domain.errors import (
     ResourceLocked,
     UnitMismatch,
 )
-from seedline_server.domain.quantity import Dimension, Quantity
+from seedline_server.domain.quantity import Dimension, Quantity, check_storable
 from seedline_server.service import inventory, lineage, plants
 from seedline_server.service.registry import Page, get_license, get_scoped, list_page, snapshot
 from seedline_server.service.uow import UnitOfWork, new_id, now
@@ -108,8 +108,9 @@ async def collect_raw(
             [FieldViolation("weights", "plants must be unique")],
         )
     for n, w in enumerate(weights):
-        if w.wet_weight.dimension is not Dimension.WEIGHT or w.wet_weight.amount <= 0:
-            raise UnitMismatch(f"weights[{n}].wet_weight must be a weight greater than zero")
+        if w.wet_weight.dimension is not Dimension.WEIGHT:
+            raise UnitMismatch(f"weights[{n}].wet_weight must be a weight")
+        lot_rules.positive(w.wet_weight, f"weights[{n}].wet_weight")
     t = now()
     collected = plants.not_future("collect_time", when)
     if collection_id:
@@ -182,6 +183,7 @@ async def collect_raw(
         if pname not in linked:
             lineage.link(uow, pname, cname, lineage.Op.COLLECTION, collected)
     coll.total_wet += sum((w.wet_weight.amount for w in weights), Decimal(0))
+    check_storable(coll.total_wet, "total_wet_weight")
     coll.version += 1
     coll.update_time = t
     await uow.audit(
@@ -220,6 +222,7 @@ async def collect_net(
     for n, out in enumerate(outputs):
         if out.dry_weight.dimension is not Dimension.WEIGHT:
             raise UnitMismatch(f"outputs[{n}].dry_weight must be a weight")
+        lot_rules.positive(out.dry_weight, f"outputs[{n}].dry_weight")
         product = await inventory.get_product(uow, license_id, out.product_id)
         count = inventory.counting(product)
         if count.package is not lot_rules.Package.BULK or count.dimension is not Dimension.WEIGHT:

@@ -151,11 +151,7 @@ async def insert_lot(
 async def create_lot(uow: UnitOfWork, license_id: str, new: NewLot) -> models.Lot:
     """Create a lot of opening inventory (INITIAL) or material received outside Seedline (RECEIVED)."""
     await get_license(uow, license_id)
-    if new.quantity.amount <= 0:
-        raise InvalidArgument(
-            "a new lot needs a quantity greater than zero",
-            [FieldViolation("lot.quantity", "must be greater than zero")],
-        )
+    rules.positive(new.quantity, "lot.quantity")
     row = await insert_lot(uow, license_id, new, Provenance(origin=new.origin), now())
     await uow.session.flush()
     return row
@@ -400,6 +396,7 @@ async def split_lot(
     product = await get_product(uow, license_id, source.product_id)
     count = counting(product)
     count.check_fits(spec.quantity, "quantity")
+    rules.positive(spec.quantity, "quantity")
     target_product = product
     if spec.product_id and spec.product_id != product.id:
         target_product = await get_product(uow, license_id, spec.product_id)
@@ -475,6 +472,7 @@ async def convert_lots(
     out_product = await get_product(uow, license_id, output.product_id)
     out_count = counting(out_product)
     out_count.check_fits(output.quantity, "output_lot.quantity")
+    rules.positive(output.quantity, "output_lot.quantity")
     consumed: list[Decimal] = []
     for n, item in enumerate(inputs):
         row = locked[item.lot_id]
@@ -482,6 +480,7 @@ async def convert_lots(
         rules.check_usable(rules.Status(row.status), "convert")
         count = counting(await get_product(uow, license_id, row.product_id))
         count.check_fits(item.quantity, f"inputs[{n}].quantity")
+        rules.positive(item.quantity, f"inputs[{n}].quantity")
         rules.take(row.quantity, item.quantity.amount, lot_name(license_id, row.id))
         consumed.append(_weight(count, item.quantity.amount, item.measured_weight, f"inputs[{n}]"))
     produced = _weight(out_count, output.quantity.amount, output_measured_weight, "output_lot")

@@ -466,7 +466,7 @@ class Product(_message.Message):
     """Servings per unit, if the product is dosed. 0 when not applicable."""
     @_builtins.property
     def unit_size(self) -> _quantity_pb2.Quantity:
-        """For each/pack products: the net weight or volume of one unit (e.g. 3.5 g)."""
+        """For each/pack products: the net weight or volume of one unit (e.g. 3.5 g); never UNIT_EACH."""
 
     @_builtins.property
     def serving_size(self) -> _quantity_pb2.Quantity:

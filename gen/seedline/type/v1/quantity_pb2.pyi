@@ -85,6 +85,8 @@ class Quantity(_message.Message):
     """The amount as a plain decimal string: digits, an optional point and up to 9 fractional
     digits (e.g. "1000", "3.5", "0.25"). No sign, exponent or thousands separator. Values are
     converted to the storage unit and rounded half-even to 4 decimal places; counts must be whole.
+    A value above 999999999999.9999 once converted (e.g. more than 10^9 kg) is INVALID_ARGUMENT:
+    every stored amount must fit this pattern on the way back out.
     """
     unit: Global___Unit.ValueType
     """The unit `value` is expressed in."""
