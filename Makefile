@@ -54,8 +54,10 @@ gen-check: gen
 pytest: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
+## Both benchmarks (they print figures, they assert nothing); ~7 min on a 2-core machine.
 bench: install
 	$(BIN)/python bench/bench_rpc.py
+	$(BIN)/python bench/bench_inventory.py
 
 clean:
 	rm -rf $(VENV) .seedline

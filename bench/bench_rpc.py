@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -108,13 +109,15 @@ def proc_stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds used so far by a live process (0 if it is gone)."""
+def proc_cpu(pid: int, reaped: bool = False) -> float:
+    """CPU seconds used so far by a live process (0 if it is gone); with ``reaped``, plus the CPU
+    of the children it has waited for (cutime + cstime)."""
     try:
         fields = proc_stat(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+    return ticks / TICK
 
 
 def machine_busy() -> float:
@@ -127,42 +130,88 @@ def machine_busy() -> float:
 
 
 class Meter:
-    """CPU used by the server, Envoy, PostgreSQL (postmaster + backends) and everything else."""
+    """CPU used by the server, Envoy (if any), PostgreSQL (postmaster + backends) and everything else.
 
-    def __init__(self, server: int, envoy: int, postmaster: int) -> None:
-        def backends() -> list[int]:
-            found = [postmaster]
+    PostgreSQL's total is the postmaster's own CPU, plus that of the backends it has already reaped,
+    plus that of the live backends: the pool opens and closes connections under load (SQLAlchemy
+    closes overflow connections on check-in), and a backend that exits mid-round still counts.
+    """
+
+    def __init__(self, server: int, envoy: int | None, postmaster: int) -> None:
+        def live() -> float:
+            total = 0.0
             for p in Path("/proc").iterdir():
                 try:
                     if p.name.isdigit() and int(proc_stat(int(p.name))[1]) == postmaster:
-                        found.append(int(p.name))
+                        total += proc_cpu(int(p.name))
                 except (OSError, ValueError, IndexError):
                     continue
-            return found
+            return total
 
-        self.groups = {"server": lambda: [server], "envoy": lambda: [envoy], "pg": backends}
-        self.cpu0: dict[str, dict[int, float]] = {}
+        def pg_total() -> float:
+            # An exited backend stays in /proc (a zombie, with its CPU times) until the postmaster
+            # reaps it; a reap during the scan would count it twice or not at all: scan again.
+            for _ in range(5):
+                reaped = proc_cpu(postmaster, reaped=True)
+                backends = live()
+                if proc_cpu(postmaster, reaped=True) == reaped:
+                    break
+            return reaped + backends
+
+        self.totals: dict[str, Callable[[], float]] = {
+            "server": lambda: proc_cpu(server),
+            "envoy": lambda: 0.0 if envoy is None else proc_cpu(envoy),
+            "pg": pg_total,
+        }
+        self.cpu0: dict[str, float] = {}
         self.t0 = self.busy0 = 0.0
 
     def start(self) -> None:
-        self.cpu0 = {g: {p: proc_cpu(p) for p in f()} for g, f in self.groups.items()}
+        self.cpu0 = {g: total() for g, total in self.totals.items()}
         self.t0, self.busy0 = time.monotonic(), machine_busy()
 
     def stop(self, client_cpu: float) -> tuple[dict[str, float], float]:
         """CPU seconds per group since start(), and the other processes' average use in cores."""
         elapsed, busy = time.monotonic() - self.t0, machine_busy() - self.busy0
-        cpu = {g: sum(proc_cpu(p) - self.cpu0[g].get(p, 0.0) for p in f()) for g, f in self.groups.items()}
+        cpu = {g: total() - self.cpu0[g] for g, total in self.totals.items()}
         cpu["client"] = client_cpu
         return cpu, max(0.0, (busy - sum(cpu.values())) / elapsed)
 
 
-def h2load_target(name: str, url: str, body: Path, reply_size: int, conc: int, m: Meter) -> Target:
+class Verify(Protocol):
+    """How a round's responses are checked: a failed gRPC call is still HTTP 200 (trailers-only)."""
+
+    def before(self) -> None:
+        """Called before the round starts (e.g. to read a counter); not timed."""
+
+    def after(self, done: int, data_bytes: int) -> tuple[int, str]:
+        """How many of the ``done`` requests verifiably succeeded, and a one-line detail."""
+
+
+@dataclass
+class ReplySize:
+    """Every reply is the same framed message, so DATA bytes = done x its size."""
+
+    size: int
+
+    def before(self) -> None:
+        pass
+
+    def after(self, done: int, data_bytes: int) -> tuple[int, str]:
+        full = data_bytes == done * self.size
+        return (done if full else 0), f"DATA = {done} x {self.size} B framed reply: {full}"
+
+
+def h2load_target(name: str, url: str, body: Path, reply: int | Verify, conc: int, m: Meter) -> Target:
+    """POST the framed request in ``body`` over h2c; ``reply`` is the framed reply size or a check."""
+    verify = ReplySize(reply) if isinstance(reply, int) else reply
     base = ["h2load", "-t", "1", "-c", "1", "-m", str(conc), "-d", str(body)]
     base += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     log = body.with_suffix(".log")
 
     def measure(seconds: float) -> Round:
         log.unlink(missing_ok=True)  # h2load appends to it
+        verify.before()
         m.start()
         proc, client_cpu = run([*base, "-D", str(max(1, round(seconds))), f"--log-file={log}", url])
         cpu, other = m.stop(client_cpu)
@@ -174,9 +223,9 @@ def h2load_target(name: str, url: str, body: Path, reply_size: int, conc: int, m
             raise RuntimeError(f"h2load failed ({proc.returncode}): {proc.stderr}{out[-800:]}")
         n, data_bytes = int(done.group(1)), int(data.group(1))
         rows = [line.split("\t") for line in log.read_text().splitlines() if line]
-        full = data_bytes == n * reply_size
-        ok = sum(1 for row in rows if row[1] == "200") if full else 0
-        detail = f"HTTP {codes.group(1)}; DATA = {n} x {reply_size} B framed reply: {full}"
+        verified, checked = verify.after(n, data_bytes)
+        ok = min(verified, sum(1 for row in rows if row[1] == "200"))
+        detail = f"HTTP {codes.group(1)}; {checked}"
         return Round(ok, n, round(seconds), [int(r[2]) / 1000 for r in rows], cpu, other, detail)
 
     return Target(name, f"h2load -t 1 -c 1 -m {conc} -D <round>", measure)
@@ -256,15 +305,14 @@ def machine(pg_data: Path) -> None:
     print(f"tools     {first_line(['h2load', '--version'])}, {curl.group(0) if curl else '?'}")
 
 
-def report(targets: list[Target], a: argparse.Namespace) -> None:
-    print(f"\nparameters: 1 connection x {a.concurrency} concurrent streams per target; {a.warmup}s warm-up "
-          f"per target (discarded), then {a.rounds} alternating rounds of ~{a.duration}s each; "
-          f"server defaults (db_pool_size={Settings.model_fields['db_pool_size'].default})")  # fmt: skip
+def table(targets: list[Target], keys: tuple[str, ...] = CPU_KEYS) -> None:
+    """The throughput table, its legend and every round's detail; ``keys``: the CPU columns."""
+    heads = " ".join(f"{k:>6}" for k in keys)
     print(f"\n{'target':42} {'req/s':>6} {'p50 ms':>7} {'p99 ms':>7} {'ok/total':>13}  "
-          f"CPU us/req: {'server':>6} {'envoy':>6} {'pg':>6} {'client':>6}  other cores")  # fmt: skip
+          f"CPU us/req: {heads}  other cores")  # fmt: skip
     for t in targets:
         ok, total = sum(r.ok for r in t.rounds), sum(r.total for r in t.rounds)
-        cpu = " ".join(f"{t.cpu_us(k):6.0f}" for k in CPU_KEYS)
+        cpu = " ".join(f"{t.cpu_us(k):6.0f}" for k in keys)
         other = max(r.other_cores for r in t.rounds)
         print(f"{t.name:42} {t.rps:6.0f} {t.pct(0.5):7.2f} {t.pct(0.99):7.2f} {ok:>6}/{total:<6}  "
               f"{'':11} {cpu}  {other:5.2f}")  # fmt: skip
@@ -277,6 +325,13 @@ def report(targets: list[Target], a: argparse.Namespace) -> None:
             print(
                 f"    round {i}: {r.rps:5.0f} req/s, {r.seconds:4.1f}s, other {r.other_cores:.2f}; {r.detail}"
             )
+
+
+def report(targets: list[Target], a: argparse.Namespace) -> None:
+    print(f"\nparameters: 1 connection x {a.concurrency} concurrent streams per target; {a.warmup}s warm-up "
+          f"per target (discarded), then {a.rounds} alternating rounds of ~{a.duration}s each; "
+          f"server defaults (db_pool_size={Settings.model_fields['db_pool_size'].default})")  # fmt: skip
+    table(targets)
     trivial, get_grpc, get_rest = (t.rounds for t in targets[:3])
     per_round = zip(trivial, get_grpc, get_rest, strict=False)
     ratios = [(g.rps / t.rps, r.rps / g.rps) for t, g, r in per_round if t.rps and g.rps]
