@@ -28,7 +28,7 @@ from seedline_server.domain.errors import (
     ReferenceInvalid,
     UnitMismatch,
 )
-from seedline_server.domain.quantity import Dimension, Quantity
+from seedline_server.domain.quantity import Dimension, Quantity, check_storable
 from seedline_server.service import lineage
 from seedline_server.service.context import Signature
 from seedline_server.service.registry import Page, check_etag, get_license, get_scoped, list_page, snapshot
@@ -305,6 +305,38 @@ async def consume(uow: UnitOfWork, row: models.Lot, amount: Decimal, action: str
     before = snapshot(row)
     row.quantity = rules.take(row.quantity, amount, lot_name(row.license_id, row.id))
     await _resettle(uow, row)
+    await _changed(uow, row, action, before, t)
+
+
+async def restore(uow: UnitOfWork, row: models.Lot, amount: Decimal, action: str, t: datetime) -> None:
+    """Put ``amount`` back into a locked lot (a voided sample, a rejected or voided transfer).
+
+    A DEPLETED or IN_TRANSIT lot becomes usable again; a destroyed or transferred lot cannot
+    take material back (RESOURCE_LOCKED).
+    """
+    status = rules.Status(row.status)
+    if status in (rules.Status.DESTROYED, rules.Status.TRANSFERRED):
+        rules.check_usable(status, "return material to")
+    before = snapshot(row)
+    row.quantity = row.quantity + amount
+    check_storable(row.quantity, "quantity")
+    if status is not rules.Status.DESTRUCTION_PENDING:
+        await _resettle(uow, row)
+    await _changed(uow, row, action, before, t)
+
+
+async def set_lab_status(
+    uow: UnitOfWork, row: models.Lot, lab: rules.LabStatus, lab_result: str, action: str, t: datetime
+) -> None:
+    """Record a locked lot's new lab status and governing result; a FAILED result quarantines it,
+    any other releases it (unless its section is a quarantine section). Only AVAILABLE and
+    QUARANTINED lots change status; others keep theirs and only record the lab facts.
+    """
+    before = snapshot(row)
+    row.lab_status = lab.value
+    row.lab_result = lab_result
+    if rules.Status(row.status) in rules.USABLE:
+        await _resettle(uow, row)
     await _changed(uow, row, action, before, t)
 
 
