@@ -328,9 +328,11 @@ async def restore(uow: UnitOfWork, row: models.Lot, amount: Decimal, action: str
 async def set_lab_status(
     uow: UnitOfWork, row: models.Lot, lab: rules.LabStatus, lab_result: str, action: str, t: datetime
 ) -> None:
-    """Record a locked lot's new lab status and governing result; a FAILED result quarantines it,
-    any other releases it (unless its section is a quarantine section). Only AVAILABLE and
-    QUARANTINED lots change status; others keep theirs and only record the lab facts.
+    """Record a locked lot's new lab status and governing result.
+
+    A FAILED status quarantines an AVAILABLE lot; any other releases a QUARANTINED one (unless
+    its section is a quarantine section). Lots in other statuses keep their status and only
+    record the lab facts.
     """
     before = snapshot(row)
     row.lab_status = lab.value
