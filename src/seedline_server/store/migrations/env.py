@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from seedline_server.store import lab_models as lab_models  # noqa: F401  (registers the lab tables)
+from seedline_server.store import lab_models as lab_models
 from seedline_server.store.models import Base
 
 target_metadata = Base.metadata
