@@ -286,6 +286,76 @@ class LineageEdge(Base):
     time: Mapped[datetime]
 
 
+class Transfer(Base):
+    """A B2B transfer from a source license to a target license (named under the source)."""
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        Index("ix_transfers_source_id", "source_license_id", "id"),
+        Index("ix_transfers_target_id", "target_license_id", "id"),
+        Index("ix_transfers_state_depart", "state", "planned_depart_time"),
+    )
+    id: Mapped[str] = mapped_column(ULID, primary_key=True)
+    source_license_id: Mapped[str] = mapped_column(ForeignKey("licenses.id"))
+    target_license_id: Mapped[str] = mapped_column(ForeignKey("licenses.id"))
+    state: Mapped[int] = mapped_column(SmallInteger)
+    planned_depart_time: Mapped[datetime | None]
+    planned_arrive_time: Mapped[datetime | None]
+    transporter_license_id: Mapped[str] = mapped_column(Text, default="")
+    vehicle: Mapped[dict[str, Any] | None]
+    driver: Mapped[dict[str, Any] | None]
+    notes: Mapped[str] = mapped_column(Text, default="")
+    commit_signature: Mapped[dict[str, Any] | None]
+    depart_time: Mapped[datetime | None]
+    receive_time: Mapped[datetime | None]
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    external_id: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+    version: Mapped[int] = mapped_column(default=1)
+
+
+class TransferItem(Base):
+    """One line item: a quantity of one source lot, in the lot's storage unit."""
+
+    __tablename__ = "transfer_items"
+    __table_args__ = (
+        UniqueConstraint("transfer_id", "lot_id", name="uq_transfer_items_lot"),
+        CheckConstraint("quantity > 0", name="ck_transfer_items_quantity_positive"),
+        Index("ix_transfer_items_lot", "lot_id"),
+    )
+    id: Mapped[str] = mapped_column(ULID, primary_key=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id"))
+    lot_id: Mapped[str] = mapped_column(ForeignKey("lots.id"))
+    quantity: Mapped[Decimal] = mapped_column(AMOUNT)
+    unit_price: Mapped[str] = mapped_column(Text, default="")
+    currency_code: Mapped[str] = mapped_column(String(3), default="")
+    received_quantity: Mapped[Decimal | None] = mapped_column(AMOUNT)
+    received_lot: Mapped[str] = mapped_column(Text, default="")
+    rejection_reason: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[int] = mapped_column(SmallInteger)
+
+
+class TransferEvent(Base):
+    """A committed change to a transfer, kept for WatchTransfers (resume tokens are ``seq``)."""
+
+    __tablename__ = "transfer_events"
+    __table_args__ = (
+        Index("ix_transfer_events_source", "source_license_id", "seq"),
+        Index("ix_transfer_events_target", "target_license_id", "seq"),
+        Index("ix_transfer_events_time", "event_time"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ULID)
+    source_license_id: Mapped[str] = mapped_column(ULID)
+    target_license_id: Mapped[str] = mapped_column(ULID)
+    type: Mapped[int] = mapped_column(SmallInteger)
+    # Whether the target license may see it (not while the transfer is a draft).
+    visible_to_target: Mapped[bool]
+    event_time: Mapped[datetime]
+    snapshot: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class AuditEvent(Base):
     """Append-only, hash-chained record of every mutation."""
 
