@@ -21,9 +21,11 @@ from seedline.auth.v1 import auth_pb2_grpc
 from seedline.inventory.v1 import inventory_pb2_grpc
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2_grpc
+from seedline.transfer.v1 import transfer_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server import contract
+from seedline_server.api import transfer as transfer_api
 from seedline_server.api import unimplemented
 from seedline_server.api.auth import AuthServicer
 from seedline_server.api.interceptor import CallInterceptor
@@ -31,16 +33,21 @@ from seedline_server.api.inventory import InventoryServicer
 from seedline_server.api.license import LicenseServicer
 from seedline_server.api.plant import PlantServicer
 from seedline_server.config import Settings
+from seedline_server.service import transfers
+from seedline_server.service.context import CallContext, Principal
 from seedline_server.service.uow import Database
+from seedline_server.service.watch import TransferFeed
 from seedline_server.store import db as store_db
 
 log = structlog.get_logger("seedline.server")
+SYSTEM = Principal(name="system", kind="SYSTEM")
 
 _IMPLEMENTED = {
     "seedline.auth.v1.AuthService",
     "seedline.inventory.v1.InventoryService",
     "seedline.license.v1.LicenseService",
     "seedline.plant.v1.PlantService",
+    "seedline.transfer.v1.TransferService",
 }
 
 
@@ -54,13 +61,18 @@ class Running:
     health: health.aio.HealthServicer
     engine: AsyncEngine
     service_names: list[str]
+    feed: TransferFeed
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
-        """Refuse new calls, let in-flight calls finish within ``grace`` seconds, release the pool."""
+        """Refuse new calls, let in-flight calls finish within ``grace`` seconds, release the pool.
+
+        Open watch streams end at once with UNAVAILABLE (clients resume with their last token).
+        """
         await self.health.enter_graceful_shutdown()
         for task in self.tasks:
             task.cancel()
+        await self.feed.stop()
         await asyncio.gather(*(s.stop(grace) for s in self.servers))
         await self.engine.dispose()
         log.info("server stopped")
@@ -84,6 +96,17 @@ async def _watch_database(
         await asyncio.sleep(period)
 
 
+async def _depart_due(database: Database, period: float) -> None:
+    """Move committed transfers to IN_TRANSIT once their planned departure time has passed."""
+    ctx = CallContext(principal=SYSTEM, method="seedline.server.DepartDueTransfers")
+    while True:
+        try:
+            await database.write(ctx, lambda uow: transfers.depart_due(uow, transfer_api.encode))
+        except Exception:  # the database may be away; the health watcher reports it
+            log.warning("departing due transfers failed", exc_info=True)
+        await asyncio.sleep(period)
+
+
 async def start(settings: Settings, database_url: str) -> Running:
     """Migrate, connect and start both listeners; returns once they accept calls."""
     await store_db.migrate(database_url)
@@ -95,6 +118,13 @@ async def start(settings: Settings, database_url: str) -> Running:
     others = unimplemented.handlers(s for s in services if s.full_name not in _IMPLEMENTED)
     license_servicer, plant_servicer = LicenseServicer(database), PlantServicer(database)
     inventory_servicer = InventoryServicer(database)
+    feed = TransferFeed(
+        database,
+        database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
+        CallContext(principal=SYSTEM, method="seedline.server.TransferFeed"),
+    )
+    await feed.start()
+    transfer_servicer = transfer_api.TransferServicer(database, feed)
 
     def build(trust_forwarded: bool) -> grpc.aio.Server:
         server = grpc.aio.server(
@@ -104,6 +134,7 @@ async def start(settings: Settings, database_url: str) -> Running:
         license_pb2_grpc.add_LicenseServiceServicer_to_server(license_servicer, server)
         plant_pb2_grpc.add_PlantServiceServicer_to_server(plant_servicer, server)
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(inventory_servicer, server)
+        transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfer_servicer, server)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(), server)
         server.add_generic_rpc_handlers(others)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -115,7 +146,7 @@ async def start(settings: Settings, database_url: str) -> Running:
     edge_port = edge.add_insecure_port(f"{settings.edge_host}:{settings.edge_port}")
     await direct.start()
     await edge.start()
-    running = Running(grpc_port, edge_port, [direct, edge], health_servicer, engine, names)
+    running = Running(grpc_port, edge_port, [direct, edge], health_servicer, engine, names, feed)
     ok = await store_db.ping(engine)
     for name in ["", *names]:
         await health_servicer.set(
@@ -124,6 +155,7 @@ async def start(settings: Settings, database_url: str) -> Running:
     running.tasks.append(
         asyncio.create_task(_watch_database(engine, health_servicer, names, settings.health_interval_seconds))
     )
+    running.tasks.append(asyncio.create_task(_depart_due(database, settings.health_interval_seconds)))
     log.info("serving", grpc=f"{settings.grpc_host}:{grpc_port}", edge=f"{settings.edge_host}:{edge_port}")
     return running
 

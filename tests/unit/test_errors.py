@@ -33,6 +33,8 @@ EXPECTED_CODES: dict[type[e.DomainError], int] = {
     e.ESignatureRequired: 9,
     e.InsufficientQuantity: 9,
     e.MassBalanceViolation: 9,
+    e.LabTestingRequired: 9,
+    e.LicenseNotPermitted: 9,
     e.NotImplementedYet: 12,
     e.DependencyUnavailable: 14,
 }
@@ -54,6 +56,8 @@ EXPECTED_REASONS: dict[type[e.DomainError], str] = {
     e.ESignatureRequired: "ESIGNATURE_REQUIRED",
     e.InsufficientQuantity: "INSUFFICIENT_QUANTITY",
     e.MassBalanceViolation: "MASS_BALANCE_VIOLATION",
+    e.LabTestingRequired: "LAB_TESTING_REQUIRED",
+    e.LicenseNotPermitted: "LICENSE_NOT_PERMITTED",
     e.NotImplementedYet: "NOT_IMPLEMENTED",
     e.DependencyUnavailable: "DEPENDENCY_UNAVAILABLE",
 }

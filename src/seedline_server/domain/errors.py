@@ -141,6 +141,18 @@ class MassBalanceViolation(FailedPrecondition):
     reason = "MASS_BALANCE_VIOLATION"
 
 
+class LabTestingRequired(FailedPrecondition):
+    """The lot has no passing lab result where its product type requires one."""
+
+    reason = "LAB_TESTING_REQUIRED"
+
+
+class LicenseNotPermitted(FailedPrecondition):
+    """The license may not receive (or do) this."""
+
+    reason = "LICENSE_NOT_PERMITTED"
+
+
 class ESignatureRequired(FailedPrecondition):
     """The operation needs a valid electronic signature."""
 

@@ -299,12 +299,30 @@ async def _resettle(uow: UnitOfWork, row: models.Lot) -> None:
     row.status = rules.settled(row.quantity, kind, rules.LabStatus(row.lab_status)).value
 
 
-async def consume(uow: UnitOfWork, row: models.Lot, amount: Decimal, action: str, t: datetime) -> None:
-    """Take ``amount`` from a locked, usable lot (DEPLETED when emptied) and audit it."""
+async def consume(
+    uow: UnitOfWork,
+    row: models.Lot,
+    amount: Decimal,
+    action: str,
+    t: datetime,
+    emptied: rules.Status = rules.Status.DEPLETED,
+) -> None:
+    """Take ``amount`` from a locked, usable lot and audit it; an emptied lot takes ``emptied``."""
     rules.check_usable(rules.Status(row.status), action.lower())
     before = snapshot(row)
     row.quantity = rules.take(row.quantity, amount, lot_name(row.license_id, row.id))
     await _resettle(uow, row)
+    if row.quantity == 0:
+        row.status = emptied.value
+    await _changed(uow, row, action, before, t)
+
+
+async def set_status(
+    uow: UnitOfWork, row: models.Lot, status: rules.Status, action: str, t: datetime
+) -> None:
+    """Move a locked lot to ``status`` (e.g. IN_TRANSIT → TRANSFERRED once received), audited."""
+    before = snapshot(row)
+    row.status = status.value
     await _changed(uow, row, action, before, t)
 
 

@@ -328,6 +328,8 @@ class TransferItem(Base):
     transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id"))
     lot_id: Mapped[str] = mapped_column(ForeignKey("lots.id"))
     quantity: Mapped[Decimal] = mapped_column(AMOUNT)
+    # The storage unit of ``quantity`` and ``received_quantity`` (g, l or ea: the lot's dimension).
+    unit: Mapped[int] = mapped_column(SmallInteger)
     unit_price: Mapped[str] = mapped_column(Text, default="")
     currency_code: Mapped[str] = mapped_column(String(3), default="")
     received_quantity: Mapped[Decimal | None] = mapped_column(AMOUNT)

@@ -75,6 +75,7 @@ def upgrade() -> None:
         sa.Column("transfer_id", sa.String(length=26), nullable=False),
         sa.Column("lot_id", sa.String(length=26), nullable=False),
         sa.Column("quantity", sa.Numeric(precision=24, scale=4), nullable=False),
+        sa.Column("unit", sa.SmallInteger(), nullable=False),
         sa.Column("unit_price", sa.Text(), nullable=False),
         sa.Column("currency_code", sa.String(length=3), nullable=False),
         sa.Column("received_quantity", sa.Numeric(precision=24, scale=4), nullable=True),
