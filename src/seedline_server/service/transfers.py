@@ -579,6 +579,13 @@ async def _mirror_variety(uow: UnitOfWork, variety_id: str | None, target_licens
         create_time=now(),
     )
     uow.session.add(copy)
+    await uow.audit(
+        license_id=target_license_id,
+        resource=f"licenses/{target_license_id}/varieties/{copy.id}",
+        action="CREATE_BY_TRANSFER",
+        before=None,
+        after=snapshot(copy),
+    )
     await uow.session.flush()
     return copy.id
 

@@ -740,7 +740,14 @@ class LabResultMetric(_message.Message):
     detected. No sign, exponent or separators.
     """
     uom: Global___LabUnit.ValueType
-    """Unit of `qom`, `lod`, `loq` and `limit`; required when any of them is set."""
+    """Unit of `qom`, `lod`, `loq` and `limit`; required when any of them is set. It must fit the
+    metric's type (otherwise INVALID_ARGUMENT naming the metric): percent or mg/g for
+    cannabinoids; percent, mg/g, ppm or µg/g for terpenes; ppm, ppb, µg/g or µg/kg for
+    pesticides, heavy metals, solvents and mycotoxins; cfu/g or boolean for microbials; percent
+    or boolean for foreign matter; percent, water activity (only for a water activity metric),
+    boolean or unitless for general metrics. Mass fractions (percent, mg/g, ppm, ppb, µg/g,
+    µg/kg) never exceed 100 % (e.g. percent within 0..100) and water activity never exceeds 1.
+    """
     lod: _builtins.str
     """Level of detection; empty when not reported."""
     loq: _builtins.str
@@ -748,7 +755,12 @@ class LabResultMetric(_message.Message):
     limit: _builtins.str
     """Action limit: the highest value that passes; empty when the metric has none (e.g. potency)."""
     status: Global___LabMetricStatus.ValueType
-    """The outcome of this metric."""
+    """The outcome of this metric, as the laboratory reports it; the server checks it rather than
+    trusting it. The limit that applies is the stricter of `limit` and the panel's limit for the
+    metric (converted to `uom`). A PASS whose `qom` exceeds it, a FAIL whose `qom` is within it,
+    or a NOT_DETECTED whose `qom` exceeds it is INVALID_ARGUMENT on `metrics[i].status`; a PASS of
+    a metric the panel limits needs its `qom`.
+    """
     def __init__(
         self,
         *,
@@ -792,6 +804,8 @@ class LabResult(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    PANEL_FIELD_NUMBER: _builtins.int
+    MISSING_METRICS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `licenses/{license}/labResults/{lab_result}`, under the license that owns the
     tested material; the id is a ULID assigned by the server.
@@ -807,8 +821,10 @@ class LabResult(_message.Message):
     """
     status: Global___LabResultStatus.ValueType
     """The overall outcome. The server always computes it from `metrics` and the jurisdiction's
-    testing panel for the product type. A client may send the status printed on the certificate
-    as a cross-check: if it differs from the computed one the request is refused
+    testing panel for the product type (`panel`): FAIL when any metric is FAIL; otherwise PASS
+    when every metric the panel requires is PASS or NOT_DETECTED; otherwise INCOMPLETE (the
+    metrics still needed are in `missing_metrics`). A client may send the status printed on the
+    certificate as a cross-check: if it differs from the computed one the request is refused
     (INVALID_ARGUMENT / VALIDATION_FAILED on `lab_result.status`); leave it UNSPECIFIED to accept
     the computed status.
     """
@@ -825,6 +841,10 @@ class LabResult(_message.Message):
     etag: _builtins.str
     """Opaque version for optimistic concurrency (AIP-154): send it back on every mutation; a stale
     value is refused with ABORTED / ETAG_MISMATCH.
+    """
+    panel: _builtins.str
+    """The testing panel the status was computed with: the id of the server's configured panel for
+    the license's jurisdiction and the tested product type (e.g. `default`).
     """
     @_builtins.property
     def lots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -859,6 +879,12 @@ class LabResult(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the result last changed."""
 
+    @_builtins.property
+    def missing_metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The metrics the panel requires that are not reported as PASS or NOT_DETECTED,
+        `labMetrics/{lab_metric}`, in the panel's order; empty unless the status is INCOMPLETE.
+        """
+
     def __init__(
         self,
         *,
@@ -878,10 +904,12 @@ class LabResult(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        panel: _builtins.str = ...,
+        missing_metrics: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "test_time", b"test_time", "update_time", b"update_time", "void_confirmation", b"void_confirmation", "void_time", b"void_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_number", b"certificate_number", "coa_sha256", b"coa_sha256", "create_time", b"create_time", "etag", b"etag", "lab_license", b"lab_license", "lots", b"lots", "metrics", b"metrics", "name", b"name", "sample", b"sample", "state", b"state", "status", b"status", "test_time", b"test_time", "update_time", b"update_time", "void_confirmation", b"void_confirmation", "void_reason", b"void_reason", "void_time", b"void_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_number", b"certificate_number", "coa_sha256", b"coa_sha256", "create_time", b"create_time", "etag", b"etag", "lab_license", b"lab_license", "lots", b"lots", "metrics", b"metrics", "missing_metrics", b"missing_metrics", "name", b"name", "panel", b"panel", "sample", b"sample", "state", b"state", "status", b"status", "test_time", b"test_time", "update_time", b"update_time", "void_confirmation", b"void_confirmation", "void_reason", b"void_reason", "void_time", b"void_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1153,8 +1181,10 @@ class ImportCertificateOfAnalysisRequest(_message.Message):
     """The PDF itself (base64 in JSON), at most 8 MiB."""
     uri: _builtins.str
     """A public https URL the server fetches the PDF from (at most 8 MiB; the response must be a
-    PDF). A failed fetch is UNAVAILABLE / DEPENDENCY_UNAVAILABLE; a non-PDF or oversized
-    document is FAILED_PRECONDITION / REMOTE_REJECTED.
+    PDF; up to 3 https redirects are followed). A host that resolves to a private, loopback or
+    link-local address is INVALID_ARGUMENT / VALIDATION_FAILED. A failed fetch is UNAVAILABLE /
+    DEPENDENCY_UNAVAILABLE; a non-PDF or oversized document, or an HTTP error status, is
+    FAILED_PRECONDITION / REMOTE_REJECTED.
     """
     expected_sha256: _builtins.str
     """Optional lowercase hex SHA-256 the client computed; if set, the stored document must match

@@ -116,8 +116,10 @@ class LabResultServiceServicer:
 
     def CreateSample(self, request, context):
         """Takes a sample from a lot for a laboratory: the sample's quantity is removed from the source
-        lot (INSUFFICIENT_QUANTITY if it holds less), which must be AVAILABLE or QUARANTINED. A
-        compliance or retest sample makes the lot's lab status SAMPLED.
+        lot (INSUFFICIENT_QUANTITY if it holds less), which must be AVAILABLE or QUARANTINED, and a
+        lineage edge (operation SAMPLE) links the lot to the sample. A compliance or retest sample
+        makes the lot's lab status SAMPLED unless a lab result already decides it: a FAILED lot
+        stays FAILED (and quarantined) until a passing result, a PASSED lot stays PASSED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +170,13 @@ class LabResultServiceServicer:
         """Records a lab result. The result is ACTIVE at once: it is attached to its sample's source lot
         and to `lots`, its sample (if any) becomes TESTED, and the lab status of those lots is
         recomputed (results of RESEARCH samples are recorded but never change a lot's lab status).
+
+        The server checks every metric (a known, current metric; a unit that fits its type; percent
+        within 0..100, water activity within 0..1) and computes the status from the metrics and the
+        testing panel of the license's jurisdiction for the tested product type (the product of the
+        sample's source lot, or of the first of `lots` without a sample): see `LabResult.status`.
+        A lot's lab status follows its newest (by `test_time`) active PASS or FAIL result: FAIL
+        quarantines it, PASS releases it; an INCOMPLETE result changes neither.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,7 +200,7 @@ class LabResultServiceServicer:
     def AttachLabResult(self, request, context):
         """Attaches an ACTIVE lab result to more lots of the same license (e.g. lots split or packaged
         from the tested lot) and recomputes their lab status. Lots already attached are left as
-        they are.
+        they are. The result keeps the status computed for the tested product type.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,8 +210,9 @@ class LabResultServiceServicer:
         """Voids a lab result in two steps. The first call (`confirm` false, with a reason) marks it
         VOID_PENDING: it still governs its lots, but nothing else may change it
         (DESTRUCTION_PENDING). The second call (`confirm` true, with an electronic signature) makes
-        it VOIDED: it stops counting for every attached lot, whose lab status is recomputed, and it
-        is locked but stays readable. A custom method rather than DELETE because nothing is
+        it VOIDED: it stops counting for every attached lot (and for lots that inherited it on a
+        split), whose lab status is recomputed from their remaining active results (else SAMPLED
+        while a compliance sample is at the lab, else REQUIRED), and it is locked but stays readable. A custom method rather than DELETE because nothing is
         deleted and the signature credential must travel in a POST body, never in a URL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -38,8 +38,10 @@ class LabResultServiceStub:
     def __new__(cls, channel: _aio.Channel) -> LabResultServiceAsyncStub: ...
     CreateSample: _grpc.UnaryUnaryMultiCallable[_lab_pb2.CreateSampleRequest, _lab_pb2.Sample]
     """Takes a sample from a lot for a laboratory: the sample's quantity is removed from the source
-    lot (INSUFFICIENT_QUANTITY if it holds less), which must be AVAILABLE or QUARANTINED. A
-    compliance or retest sample makes the lot's lab status SAMPLED.
+    lot (INSUFFICIENT_QUANTITY if it holds less), which must be AVAILABLE or QUARANTINED, and a
+    lineage edge (operation SAMPLE) links the lot to the sample. A compliance or retest sample
+    makes the lot's lab status SAMPLED unless a lab result already decides it: a FAILED lot
+    stays FAILED (and quarantined) until a passing result, a PASSED lot stays PASSED.
     """
     GetSample: _grpc.UnaryUnaryMultiCallable[_lab_pb2.GetSampleRequest, _lab_pb2.Sample]
     """Returns one sample."""
@@ -65,6 +67,13 @@ class LabResultServiceStub:
     """Records a lab result. The result is ACTIVE at once: it is attached to its sample's source lot
     and to `lots`, its sample (if any) becomes TESTED, and the lab status of those lots is
     recomputed (results of RESEARCH samples are recorded but never change a lot's lab status).
+
+    The server checks every metric (a known, current metric; a unit that fits its type; percent
+    within 0..100, water activity within 0..1) and computes the status from the metrics and the
+    testing panel of the license's jurisdiction for the tested product type (the product of the
+    sample's source lot, or of the first of `lots` without a sample): see `LabResult.status`.
+    A lot's lab status follows its newest (by `test_time`) active PASS or FAIL result: FAIL
+    quarantines it, PASS releases it; an INCOMPLETE result changes neither.
     """
     GetLabResult: _grpc.UnaryUnaryMultiCallable[_lab_pb2.GetLabResultRequest, _lab_pb2.LabResult]
     """Returns one lab result, in any state (voided results stay readable)."""
@@ -75,14 +84,15 @@ class LabResultServiceStub:
     AttachLabResult: _grpc.UnaryUnaryMultiCallable[_lab_pb2.AttachLabResultRequest, _lab_pb2.LabResult]
     """Attaches an ACTIVE lab result to more lots of the same license (e.g. lots split or packaged
     from the tested lot) and recomputes their lab status. Lots already attached are left as
-    they are.
+    they are. The result keeps the status computed for the tested product type.
     """
     VoidLabResult: _grpc.UnaryUnaryMultiCallable[_lab_pb2.VoidLabResultRequest, _lab_pb2.LabResult]
     """Voids a lab result in two steps. The first call (`confirm` false, with a reason) marks it
     VOID_PENDING: it still governs its lots, but nothing else may change it
     (DESTRUCTION_PENDING). The second call (`confirm` true, with an electronic signature) makes
-    it VOIDED: it stops counting for every attached lot, whose lab status is recomputed, and it
-    is locked but stays readable. A custom method rather than DELETE because nothing is
+    it VOIDED: it stops counting for every attached lot (and for lots that inherited it on a
+    split), whose lab status is recomputed from their remaining active results (else SAMPLED
+    while a compliance sample is at the lab, else REQUIRED), and it is locked but stays readable. A custom method rather than DELETE because nothing is
     deleted and the signature credential must travel in a POST body, never in a URL.
     """
     CancelLabResultVoid: _grpc.UnaryUnaryMultiCallable[_lab_pb2.CancelLabResultVoidRequest, _lab_pb2.LabResult]
@@ -109,8 +119,10 @@ class LabResultServiceAsyncStub(LabResultServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSample: _aio.UnaryUnaryMultiCallable[_lab_pb2.CreateSampleRequest, _lab_pb2.Sample]  # type: ignore[assignment]
     """Takes a sample from a lot for a laboratory: the sample's quantity is removed from the source
-    lot (INSUFFICIENT_QUANTITY if it holds less), which must be AVAILABLE or QUARANTINED. A
-    compliance or retest sample makes the lot's lab status SAMPLED.
+    lot (INSUFFICIENT_QUANTITY if it holds less), which must be AVAILABLE or QUARANTINED, and a
+    lineage edge (operation SAMPLE) links the lot to the sample. A compliance or retest sample
+    makes the lot's lab status SAMPLED unless a lab result already decides it: a FAILED lot
+    stays FAILED (and quarantined) until a passing result, a PASSED lot stays PASSED.
     """
     GetSample: _aio.UnaryUnaryMultiCallable[_lab_pb2.GetSampleRequest, _lab_pb2.Sample]  # type: ignore[assignment]
     """Returns one sample."""
@@ -136,6 +148,13 @@ class LabResultServiceAsyncStub(LabResultServiceStub):
     """Records a lab result. The result is ACTIVE at once: it is attached to its sample's source lot
     and to `lots`, its sample (if any) becomes TESTED, and the lab status of those lots is
     recomputed (results of RESEARCH samples are recorded but never change a lot's lab status).
+
+    The server checks every metric (a known, current metric; a unit that fits its type; percent
+    within 0..100, water activity within 0..1) and computes the status from the metrics and the
+    testing panel of the license's jurisdiction for the tested product type (the product of the
+    sample's source lot, or of the first of `lots` without a sample): see `LabResult.status`.
+    A lot's lab status follows its newest (by `test_time`) active PASS or FAIL result: FAIL
+    quarantines it, PASS releases it; an INCOMPLETE result changes neither.
     """
     GetLabResult: _aio.UnaryUnaryMultiCallable[_lab_pb2.GetLabResultRequest, _lab_pb2.LabResult]  # type: ignore[assignment]
     """Returns one lab result, in any state (voided results stay readable)."""
@@ -146,14 +165,15 @@ class LabResultServiceAsyncStub(LabResultServiceStub):
     AttachLabResult: _aio.UnaryUnaryMultiCallable[_lab_pb2.AttachLabResultRequest, _lab_pb2.LabResult]  # type: ignore[assignment]
     """Attaches an ACTIVE lab result to more lots of the same license (e.g. lots split or packaged
     from the tested lot) and recomputes their lab status. Lots already attached are left as
-    they are.
+    they are. The result keeps the status computed for the tested product type.
     """
     VoidLabResult: _aio.UnaryUnaryMultiCallable[_lab_pb2.VoidLabResultRequest, _lab_pb2.LabResult]  # type: ignore[assignment]
     """Voids a lab result in two steps. The first call (`confirm` false, with a reason) marks it
     VOID_PENDING: it still governs its lots, but nothing else may change it
     (DESTRUCTION_PENDING). The second call (`confirm` true, with an electronic signature) makes
-    it VOIDED: it stops counting for every attached lot, whose lab status is recomputed, and it
-    is locked but stays readable. A custom method rather than DELETE because nothing is
+    it VOIDED: it stops counting for every attached lot (and for lots that inherited it on a
+    split), whose lab status is recomputed from their remaining active results (else SAMPLED
+    while a compliance sample is at the lab, else REQUIRED), and it is locked but stays readable. A custom method rather than DELETE because nothing is
     deleted and the signature credential must travel in a POST body, never in a URL.
     """
     CancelLabResultVoid: _aio.UnaryUnaryMultiCallable[_lab_pb2.CancelLabResultVoidRequest, _lab_pb2.LabResult]  # type: ignore[assignment]
@@ -183,8 +203,10 @@ class LabResultServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lab_pb2.Sample, _abc.Awaitable[_lab_pb2.Sample]]:
         """Takes a sample from a lot for a laboratory: the sample's quantity is removed from the source
-        lot (INSUFFICIENT_QUANTITY if it holds less), which must be AVAILABLE or QUARANTINED. A
-        compliance or retest sample makes the lot's lab status SAMPLED.
+        lot (INSUFFICIENT_QUANTITY if it holds less), which must be AVAILABLE or QUARANTINED, and a
+        lineage edge (operation SAMPLE) links the lot to the sample. A compliance or retest sample
+        makes the lot's lab status SAMPLED unless a lab result already decides it: a FAILED lot
+        stays FAILED (and quarantined) until a passing result, a PASSED lot stays PASSED.
         """
 
     @_abc_1.abstractmethod
@@ -246,6 +268,13 @@ class LabResultServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records a lab result. The result is ACTIVE at once: it is attached to its sample's source lot
         and to `lots`, its sample (if any) becomes TESTED, and the lab status of those lots is
         recomputed (results of RESEARCH samples are recorded but never change a lot's lab status).
+
+        The server checks every metric (a known, current metric; a unit that fits its type; percent
+        within 0..100, water activity within 0..1) and computes the status from the metrics and the
+        testing panel of the license's jurisdiction for the tested product type (the product of the
+        sample's source lot, or of the first of `lots` without a sample): see `LabResult.status`.
+        A lot's lab status follows its newest (by `test_time`) active PASS or FAIL result: FAIL
+        quarantines it, PASS releases it; an INCOMPLETE result changes neither.
         """
 
     @_abc_1.abstractmethod
@@ -274,7 +303,7 @@ class LabResultServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_lab_pb2.LabResult, _abc.Awaitable[_lab_pb2.LabResult]]:
         """Attaches an ACTIVE lab result to more lots of the same license (e.g. lots split or packaged
         from the tested lot) and recomputes their lab status. Lots already attached are left as
-        they are.
+        they are. The result keeps the status computed for the tested product type.
         """
 
     @_abc_1.abstractmethod
@@ -286,8 +315,9 @@ class LabResultServiceServicer(metaclass=_abc_1.ABCMeta):
         """Voids a lab result in two steps. The first call (`confirm` false, with a reason) marks it
         VOID_PENDING: it still governs its lots, but nothing else may change it
         (DESTRUCTION_PENDING). The second call (`confirm` true, with an electronic signature) makes
-        it VOIDED: it stops counting for every attached lot, whose lab status is recomputed, and it
-        is locked but stays readable. A custom method rather than DELETE because nothing is
+        it VOIDED: it stops counting for every attached lot (and for lots that inherited it on a
+        split), whose lab status is recomputed from their remaining active results (else SAMPLED
+        while a compliance sample is at the lab, else REQUIRED), and it is locked but stays readable. A custom method rather than DELETE because nothing is
         deleted and the signature credential must travel in a POST body, never in a URL.
         """
 
