@@ -51,6 +51,19 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per server process.")
     health_interval_seconds: float = Field(default=5.0, gt=0, description="Database health probe period.")
+    lab_panels_path: Path | None = Field(
+        default=None,
+        description="JSON file of lab testing panels (required metrics and limits per jurisdiction and "
+        "product type); unset: the panels shipped in seedline_server/store/reference/lab-panels.json.",
+    )
+    coa_fetch_timeout_seconds: float = Field(
+        default=15.0, gt=0, le=120, description="Timeout for fetching a certificate of analysis from a URL."
+    )
+    coa_fetch_allow_private: bool = Field(
+        default=False,
+        description="Let certificate URLs resolve to private/loopback addresses (tests, on-premises "
+        "document stores). Off: such URLs are refused, so callers cannot make the server probe its network.",
+    )
 
     def sqlalchemy_url(self, embedded_url: str | None = None) -> str:
         """The asyncpg URL to use: DATABASE_URL normalised, or the embedded server's."""

@@ -19,12 +19,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from seedline.auth.v1 import auth_pb2_grpc
 from seedline.inventory.v1 import inventory_pb2_grpc
+from seedline.lab.v1 import lab_pb2_grpc
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2_grpc
 from seedline.transfer.v1 import transfer_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server import contract
+from seedline_server.api import lab as lab_api
 from seedline_server.api import transfer as transfer_api
 from seedline_server.api import unimplemented
 from seedline_server.api.auth import AuthServicer
@@ -45,6 +47,7 @@ SYSTEM = Principal(name="system", kind="SYSTEM")
 _IMPLEMENTED = {
     "seedline.auth.v1.AuthService",
     "seedline.inventory.v1.InventoryService",
+    "seedline.lab.v1.LabResultService",
     "seedline.license.v1.LicenseService",
     "seedline.plant.v1.PlantService",
     "seedline.transfer.v1.TransferService",
@@ -118,6 +121,7 @@ async def start(settings: Settings, database_url: str) -> Running:
     others = unimplemented.handlers(s for s in services if s.full_name not in _IMPLEMENTED)
     license_servicer, plant_servicer = LicenseServicer(database), PlantServicer(database)
     inventory_servicer = InventoryServicer(database)
+    lab_servicer = await lab_api.build_servicer(settings, database)
     feed = TransferFeed(
         database,
         database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
@@ -129,11 +133,13 @@ async def start(settings: Settings, database_url: str) -> Running:
     def build(trust_forwarded: bool) -> grpc.aio.Server:
         server = grpc.aio.server(
             interceptors=[CallInterceptor(trust_forwarded=trust_forwarded)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+            # Room for the largest request: an 8 MiB certificate of analysis plus its fields.
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 9 * 1024 * 1024)],
         )
         license_pb2_grpc.add_LicenseServiceServicer_to_server(license_servicer, server)
         plant_pb2_grpc.add_PlantServiceServicer_to_server(plant_servicer, server)
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(inventory_servicer, server)
+        lab_pb2_grpc.add_LabResultServiceServicer_to_server(lab_servicer, server)
         transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfer_servicer, server)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(), server)
         server.add_generic_rpc_handlers(others)

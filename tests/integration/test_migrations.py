@@ -43,3 +43,22 @@ async def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
         }
     await engine.dispose()
     assert {"plants", "licenses", "audit_events", "idempotency_keys"} <= tables
+
+
+async def test_models_and_migrations_agree(migrated: str) -> None:
+    """Every table, column and index of the models exists as migrated (no drift either way)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from seedline_server.store import lab_models  # noqa: F401  (registers the lab tables)
+    from seedline_server.store.models import Base
+
+    engine = create_async_engine(migrated)
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(
+            lambda sync: compare_metadata(
+                MigrationContext.configure(sync, opts={"compare_type": True}), Base.metadata
+            )
+        )
+    await engine.dispose()
+    assert diff == []

@@ -35,6 +35,7 @@ EXPECTED_CODES: dict[type[e.DomainError], int] = {
     e.MassBalanceViolation: 9,
     e.LabTestingRequired: 9,
     e.LicenseNotPermitted: 9,
+    e.RemoteRejected: 9,
     e.NotImplementedYet: 12,
     e.DependencyUnavailable: 14,
 }
@@ -58,6 +59,7 @@ EXPECTED_REASONS: dict[type[e.DomainError], str] = {
     e.MassBalanceViolation: "MASS_BALANCE_VIOLATION",
     e.LabTestingRequired: "LAB_TESTING_REQUIRED",
     e.LicenseNotPermitted: "LICENSE_NOT_PERMITTED",
+    e.RemoteRejected: "REMOTE_REJECTED",
     e.NotImplementedYet: "NOT_IMPLEMENTED",
     e.DependencyUnavailable: "DEPENDENCY_UNAVAILABLE",
 }

@@ -107,9 +107,22 @@ def violations_of(request: Message) -> list[FieldViolation]:
     return out
 
 
+# Request message full name -> a function that adds context to the contract's violations of such
+# a request (e.g. the lab metric behind ``lab_result.metrics[3].qom``); registered by servicers.
+Annotator = Callable[[Message, list[FieldViolation]], list[FieldViolation]]
+_annotators: dict[str, Annotator] = {}
+
+
+def annotate_violations(message_type: type[Message], annotator: Annotator) -> None:
+    """Have :func:`validate` pass violations of ``message_type`` requests through ``annotator``."""
+    _annotators[message_type.DESCRIPTOR.full_name] = annotator
+
+
 def validate(request: Message) -> None:
     """Raise INVALID_ARGUMENT with every field violation, or return."""
     found = violations_of(request)
+    if found and (annotator := _annotators.get(request.DESCRIPTOR.full_name)) is not None:
+        found = annotator(request, found)
     if found:
         fields = ", ".join(sorted({v.field for v in found}))
         raise InvalidArgument(f"invalid request: {fields}", found)

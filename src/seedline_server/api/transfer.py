@@ -83,6 +83,7 @@ def transfer_pb(view: transfers.View) -> pb.Transfer:
         out.commit_signature.meaning = sig.get("meaning", 0)
         out.commit_signature.reason = sig.get("reason", "")
         out.commit_signature.sign_time.FromJsonString(sig["sign_time"])
+        out.commit_signature.audit_event_id = sig.get("audit_event_id", "")
     return out
 
 
@@ -171,9 +172,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: pb.ListIncomingTransfersRequest, context: Ctx
     ) -> pb.ListIncomingTransfersResponse:
         lic = names.license_id(request.parent)
+        source = names.license_id(request.source_license, "source_license") if request.source_license else ""
 
         async def run(uow: UnitOfWork) -> pb.ListIncomingTransfersResponse:
-            page = await transfers.list_incoming(uow, lic, request.page_size, request.page_token)
+            page = await transfers.list_incoming(
+                uow, lic, request.state, source, request.page_size, request.page_token
+            )
             return pb.ListIncomingTransfersResponse(
                 transfers=[transfer_pb(v) for v in await transfers.views(uow, page.rows)],
                 next_page_token=page.next_page_token,

@@ -159,6 +159,12 @@ class ESignatureRequired(FailedPrecondition):
     reason = "ESIGNATURE_REQUIRED"
 
 
+class RemoteRejected(FailedPrecondition):
+    """A remote system refused the request or answered with something unusable."""
+
+    reason = "REMOTE_REJECTED"
+
+
 class NotImplementedYet(DomainError):
     """Part of the v1 contract that is not served yet."""
 

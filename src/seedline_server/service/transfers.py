@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from seedline_server.domain import lot as lot_rules
 from seedline_server.domain import transfer as rules
@@ -141,20 +141,24 @@ async def _record(
     view = await _view(uow, row)
     # uow.audit holds the global chain lock until commit, so event seqs commit in seq order:
     # a watcher that has seen seq N can never later miss a smaller one.
-    await uow.audit(
+    audit_id = await uow.audit(
         license_id=row.source_license_id,
         resource=view.name,
         action=f"TRANSFER_{event.name}",
         before=before,
         after=snapshot(row) | {"items": [snapshot(i) for i in view.items]},
     )
+    if event is rules.Event.COMMITTED and row.commit_signature is not None:
+        # The signature is bound to the audit event that records what was signed.
+        row.commit_signature = {**row.commit_signature, "audit_event_id": audit_id}
     uow.session.add(
         models.TransferEvent(
             transfer_id=row.id,
             source_license_id=row.source_license_id,
             target_license_id=row.target_license_id,
             type=event.value,
-            visible_to_target=rules.State(row.state) is not rules.State.DRAFT,
+            # The target sees a transfer only once it was committed (a voided draft stays hidden).
+            visible_to_target=row.commit_signature is not None,
             event_time=t,
             snapshot=encode(view),
         )
@@ -274,13 +278,22 @@ async def list_outgoing(
     return await list_page(uow, stmt, models.Transfer.id, size, token, query)
 
 
-async def list_incoming(uow: UnitOfWork, license_id: str, size: int, token: str) -> Page[models.Transfer]:
-    """A page of the transfers addressed to a license (never drafts), in id order."""
+async def list_incoming(
+    uow: UnitOfWork, license_id: str, state: int, source_id: str, size: int, token: str
+) -> Page[models.Transfer]:
+    """A page of the transfers addressed to a license, in id order: only ever-committed ones."""
     await get_license(uow, license_id)
     stmt = select(models.Transfer).where(
-        models.Transfer.target_license_id == license_id, models.Transfer.state != rules.State.DRAFT.value
+        models.Transfer.target_license_id == license_id,
+        # Committed at some point (a JSONB column stores Python None as JSON null, not SQL NULL).
+        func.jsonb_typeof(models.Transfer.commit_signature) == "object",
     )
-    return await list_page(uow, stmt, models.Transfer.id, size, token, {"incoming": license_id})
+    if state:
+        stmt = stmt.where(models.Transfer.state == state)
+    if source_id:
+        stmt = stmt.where(models.Transfer.source_license_id == source_id)
+    query = {"incoming": license_id, "state": str(state), "source": source_id}
+    return await list_page(uow, stmt, models.Transfer.id, size, token, query)
 
 
 _MUTABLE = {
@@ -429,6 +442,7 @@ async def commit(
     for item in items:
         lot = lots[item.lot_id]
         name = inventory.lot_name(source_license_id, lot.id)
+        lot_rules.take(lot.quantity, item.quantity, name)  # INSUFFICIENT_QUANTITY, whatever emptied it
         product = await inventory.get_product(uow, source_license_id, lot.product_id)
         rules.check_receivable(
             target_type,
@@ -609,7 +623,13 @@ async def accept(
             "section must be a section of the receiving (target) license",
             metadata={"section": f"licenses/{section_license_id}/sections/{section_id}"},
         )
-    await inventory.lot_section(uow, row.target_license_id, section_id)
+    try:
+        await inventory.lot_section(uow, row.target_license_id, section_id)
+    except NotFound as exc:
+        raise ReferenceInvalid(
+            "section is not a section of the receiving (target) license",
+            metadata={"section": f"licenses/{section_license_id}/sections/{section_id}"},
+        ) from exc
     items = {i.id: i for i in await _items(uow, row.id)}
     given = {r.item_id: r for r in received}
     missing = sorted(set(items) - set(given))
@@ -678,13 +698,28 @@ async def accept(
     await _return_items(uow, row, list(items.values()), returned, t)
     for item in items.values():
         lot = lots[item.lot_id]
-        if lot.status == lot_rules.Status.IN_TRANSIT.value:
-            # The whole lot went and was accepted in full: it now lives at the receiver.
+        if lot.status == lot_rules.Status.IN_TRANSIT.value and not await _still_shipping(uow, lot.id, row.id):
+            # All of the lot went and was accepted: it now lives at the receiver(s).
             await inventory.set_status(uow, lot, lot_rules.Status.TRANSFERRED, "TRANSFERRED", t)
     full = all(i.state == rules.ItemState.ACCEPTED.value for i in items.values())
     row.state = (rules.State.ACCEPTED if full else rules.State.PARTIALLY_ACCEPTED).value
     row.receive_time = t
     return await _record(uow, row, rules.Event.ACCEPTED, before, encode)
+
+
+async def _still_shipping(uow: UnitOfWork, lot_id: str, except_transfer: str) -> bool:
+    """Whether another committed or in-transit transfer still carries material of the lot."""
+    stmt = (
+        select(models.TransferItem.id)
+        .join(models.Transfer, models.Transfer.id == models.TransferItem.transfer_id)
+        .where(
+            models.TransferItem.lot_id == lot_id,
+            models.Transfer.id != except_transfer,
+            models.Transfer.state.in_([s.value for s in rules.SHIPPED]),
+        )
+        .limit(1)
+    )
+    return (await uow.session.scalar(stmt)) is not None
 
 
 async def reject(

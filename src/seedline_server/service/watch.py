@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
@@ -24,11 +24,13 @@ from sqlalchemy import func, or_, select
 from seedline_server.domain.errors import DependencyUnavailable, FieldViolation, InvalidArgument
 from seedline_server.service.context import CallContext
 from seedline_server.service.transfers import NOTIFY_CHANNEL
-from seedline_server.service.uow import Database, UnitOfWork
+from seedline_server.service.uow import Database, UnitOfWork, now
 from seedline_server.store import models
 
 log = structlog.get_logger(__name__)
 _BATCH = 500
+# How far back events are guaranteed to be replayable (the contract promises at least 7 days).
+RETENTION = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,12 @@ class TransferFeed:
                 )
             return int(resume_token)
         if since is not None:
+            if since < now() - RETENTION:
+                raise InvalidArgument(
+                    f"since_time is older than the {RETENTION.days}-day event retention; "
+                    "re-read with ListTransfers",
+                    [FieldViolation("since_time", f"must be within the last {RETENTION.days} days")],
+                )
 
             async def first(uow: UnitOfWork) -> int:
                 seq = await uow.session.scalar(

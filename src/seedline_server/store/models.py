@@ -188,6 +188,8 @@ class Lot(Base):
         Index("ix_lots_license_variety", "license_id", "variety_id", "id"),
         Index("ix_lots_license_section", "license_id", "section_id", "id"),
         Index("ix_lots_license_status", "license_id", "status", "id"),
+        # Voiding a lab result finds the lots it governs.
+        Index("ix_lots_lab_result", "lab_result"),
     )
     id: Mapped[str] = mapped_column(ULID, primary_key=True)
     license_id: Mapped[str] = mapped_column(ForeignKey("licenses.id"))
