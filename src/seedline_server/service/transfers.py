@@ -47,6 +47,7 @@ from seedline_server.service.uow import UnitOfWork, new_id, now
 from seedline_server.store import models
 
 NOTIFY_CHANNEL = "seedline_transfer_events"
+_EVENTS_LOCK_KEY = 0x5EED_7E11
 
 
 def transfer_name(license_id: str, transfer_id: str) -> str:
@@ -139,8 +140,6 @@ async def _record(
     row.update_time = t
     await uow.session.flush()
     view = await _view(uow, row)
-    # uow.audit holds the global chain lock until commit, so event seqs commit in seq order:
-    # a watcher that has seen seq N can never later miss a smaller one.
     audit_id = await uow.audit(
         license_id=row.source_license_id,
         resource=view.name,
@@ -148,6 +147,9 @@ async def _record(
         before=before,
         after=snapshot(row) | {"items": [snapshot(i) for i in view.items]},
     )
+    # Events are appended under their own lock, held until commit, so event seqs commit in seq
+    # order: a watcher that has seen seq N can never later miss a smaller one.
+    await uow.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EVENTS_LOCK_KEY})
     if event is rules.Event.COMMITTED and row.commit_signature is not None:
         # The signature is bound to the audit event that records what was signed.
         row.commit_signature = {**row.commit_signature, "audit_event_id": audit_id}
