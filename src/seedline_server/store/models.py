@@ -360,6 +360,40 @@ class TransferEvent(Base):
     snapshot: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ApiKey(Base):
+    """An API key for systems: only a hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(ULID, primary_key=True)
+    display_name: Mapped[str] = mapped_column(Text)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    licenses: Mapped[list[str]] = mapped_column(ARRAY(Text))  # license ids
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    creator: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime]
+    expire_time: Mapped[datetime]
+    last_use_time: Mapped[datetime | None]
+    revoke_time: Mapped[datetime | None]
+
+
+class Session(Base):
+    """A session opened with OpenSession: only a hash of its token is stored."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_api_key", "api_key_id"),)
+    id: Mapped[str] = mapped_column(ULID, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    principal: Mapped[str] = mapped_column(Text)
+    principal_kind: Mapped[int] = mapped_column(SmallInteger)
+    credential_type: Mapped[int] = mapped_column(SmallInteger)
+    api_key_id: Mapped[str | None] = mapped_column(ULID)
+    # Permissions per license id at opening ({"<license id or *>": ["perm", ...]}).
+    grants: Mapped[dict[str, Any]]
+    create_time: Mapped[datetime]
+    expire_time: Mapped[datetime]
+    revoke_time: Mapped[datetime | None]
+
+
 class AuditEvent(Base):
     """Append-only, hash-chained record of every mutation."""
 
