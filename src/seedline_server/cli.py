@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -143,3 +143,185 @@ Try:
         envoy.stop()
         _stop_embedded(settings, started)
         console.print("stopped")
+
+
+audit_app = typer.Typer(help="The audit trail's hash chains.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    license: Annotated[
+        str | None,
+        typer.Option(
+            help="Check only this license's chain (`licenses/ID` or ID; `none`: events without one)"
+        ),
+    ] = None,
+    heads: Annotated[
+        bool, typer.Option("--heads", help="Print each intact chain's head, to anchor elsewhere")
+    ] = False,
+    batch: Annotated[int, typer.Option(help="Rows per keyset batch", min=100)] = 5000,
+) -> None:
+    """Verify the audit chains; names the first broken link of each (exit 0 intact, 1 broken)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from seedline_server.service import audit
+    from seedline_server.store import db
+
+    one_chain = license is not None
+    license_id = None if license in (None, "none") else license.removeprefix("licenses/")
+    settings = _settings()
+    url, started = _database(settings)
+
+    async def run() -> audit.Report:
+        engine = db.make_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                total = await audit.count_events(conn, license_id, one_chain)
+                await conn.rollback()
+                columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+                with Progress(*columns, console=console, transient=True) as progress:
+                    task = progress.add_task("verify", total=total)
+                    return await audit.verify(
+                        conn,
+                        license_id=license_id,
+                        one_chain=one_chain,
+                        batch=batch,
+                        on_progress=lambda n: progress.advance(task, n),
+                    )
+        finally:
+            await engine.dispose()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        _stop_embedded(settings, started)
+    out = Console(soft_wrap=True, highlight=False)
+    for finding in report.findings:
+        out.print(f"BROKEN {finding.describe()}")
+    if heads:
+        for head in report.heads:
+            chain = f"licenses/{head.license_id}" if head.license_id else "(no license)"
+            out.print(f"HEAD {chain} sequence {head.sequence} hash {head.hash}")
+    chains = len(report.heads) + len(report.findings)
+    if report.intact:
+        out.print(f"OK: {report.events} events in {chains} chains verified")
+        return
+    out.print(f"FAILED: {len(report.findings)} of {chains} chains broken ({report.events} events read)")
+    raise typer.Exit(1)
+
+
+keys_app = typer.Typer(
+    help="API keys for systems (the CLI acts as the platform administrator).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="api-keys")
+
+
+async def _with_database(url: str, work: Any) -> Any:
+    from seedline_server.service.uow import Database
+    from seedline_server.store import db
+
+    engine = db.make_engine(url, pool_size=1)
+    try:
+        await db.migrate(url)
+        return await work(Database(db.sessionmaker(engine)))
+    finally:
+        await engine.dispose()
+
+
+def _operator() -> Any:
+    from seedline_server.domain import access
+    from seedline_server.service.context import Principal
+    from seedline_server.service.identity import METHOD_NONE, Identity
+
+    return Identity(
+        Principal("operators/cli", "OPERATOR"), access.Grants.from_roles({"*": ["admin"]}), METHOD_NONE
+    )
+
+
+@keys_app.command("create")
+def api_key_create(
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    license_ids: Annotated[
+        list[str], typer.Option("--license", help="A license id the key acts on (repeat).")
+    ],
+    scopes: Annotated[
+        list[str], typer.Option("--scope", help="A scope, e.g. inventory.read or lab.* (repeat).")
+    ],
+    days: Annotated[int, typer.Option(help="Days until the key expires.", min=1, max=400)] = 90,
+) -> None:
+    """Create an API key and print its secret once (only a hash is stored)."""
+    from datetime import timedelta
+
+    from seedline_server.service import identity
+    from seedline_server.service.context import CallContext
+    from seedline_server.service.uow import now
+
+    settings = _settings()
+    url, started = _database(settings)
+    operator = _operator()
+    ids = [lic.removeprefix("licenses/") for lic in license_ids]
+
+    async def work(database: Any) -> tuple[str, str]:
+        async def run(uow: Any) -> tuple[str, str]:
+            row, secret = await identity.create_api_key(
+                uow, operator, name, ids, scopes, now() + timedelta(days=days)
+            )
+            return row.id, secret
+
+        return await database.write(CallContext(operator.principal, "seedline.cli.CreateApiKey"), run)  # type: ignore[no-any-return]
+
+    try:
+        key_id, secret = asyncio.run(_with_database(url, work))
+    finally:
+        _stop_embedded(settings, started)
+    typer.echo(f"apiKeys/{key_id}")
+    typer.echo(secret)
+    typer.echo("Store the secret now: it is not shown again.", err=True)
+
+
+@keys_app.command("revoke")
+def api_key_revoke(key: Annotated[str, typer.Argument(help="apiKeys/ID or ID")]) -> None:
+    """Revoke an API key and every session opened with it."""
+    from sqlalchemy import update
+
+    from seedline_server.service.context import CallContext
+    from seedline_server.service.uow import now
+    from seedline_server.store import models
+
+    settings = _settings()
+    url, started = _database(settings)
+    key_id = key.removeprefix("apiKeys/")
+    operator = _operator()
+
+    async def work(database: Any) -> bool:
+        async def run(uow: Any) -> bool:
+            row = await uow.session.get(models.ApiKey, key_id)
+            if row is None:
+                return False
+            if row.revoke_time is None:
+                t = now()
+                row.revoke_time = t
+                await uow.session.execute(
+                    update(models.Session).where(models.Session.api_key_id == key_id).values(revoke_time=t)
+                )
+                for lic in row.licenses:
+                    await uow.audit(
+                        license_id=lic,
+                        resource=f"apiKeys/{key_id}",
+                        action="ACCESS_REVOKED",
+                        before=None,
+                        after={},
+                    )
+            return True
+
+        return await database.write(CallContext(operator.principal, "seedline.cli.RevokeApiKey"), run)  # type: ignore[no-any-return]
+
+    try:
+        found = asyncio.run(_with_database(url, work))
+    finally:
+        _stop_embedded(settings, started)
+    if not found:
+        typer.echo(f"apiKeys/{key_id} not found", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"apiKeys/{key_id} revoked")

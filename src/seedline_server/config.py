@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,22 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per server process.")
     health_interval_seconds: float = Field(default=5.0, gt=0, description="Database health probe period.")
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="Shared secret for HS256 bearer JWTs (unset: HS256 tokens are refused)."
+    )
+    jwt_jwks_path: Path | None = Field(
+        default=None, description="JWKS file with the public keys of RS256/ES256 bearer JWTs (by `kid`)."
+    )
+    jwt_issuer: str = Field(default="seedline", description="Required `iss` claim of bearer JWTs.")
+    jwt_audience: str = Field(default="seedline", description="Required `aud` claim of bearer JWTs.")
+    partner_grants: dict[str, dict[str, list[str]]] = Field(
+        default_factory=dict,
+        description="Roles of partner certificates per license id or *, as JSON: "
+        '{"acme": {"<license id>": ["partner"]}}.',
+    )
+    signature_max_age_seconds: int = Field(
+        default=300, ge=10, le=3600, description="How fresh an e-signature's re-proving JWT must be (`iat`)."
+    )
     lab_panels_path: Path | None = Field(
         default=None,
         description="JSON file of lab testing panels (required metrics and limits per jurisdiction and "
@@ -63,6 +79,47 @@ class Settings(BaseSettings):
         default=False,
         description="Let certificate URLs resolve to private/loopback addresses (tests, on-premises "
         "document stores). Off: such URLs are refused, so callers cannot make the server probe its network.",
+    )
+    secret_keys: SecretStr | None = Field(
+        default=None,
+        description="Keys that encrypt secrets at rest (AES-256-GCM): 'kid:base64key' entries separated by "
+        'commas, or a JSON object {"kid": "base64key"}; each key is 32 random bytes. Keep retired keys '
+        "listed until every secret is resealed. Required outside `seedline dev`.",
+    )
+    secret_key_id: str | None = Field(
+        default=None,
+        description="Id of the key new secrets are sealed with; optional when only one key is configured.",
+    )
+
+    # Rate limits (docs/api.md "Rate limits"). Envoy, per partner certificate identity and route
+    # class: a bucket of `burst` tokens gaining `tokens_per_fill` every `fill_seconds`.
+    edge_rate_public_burst: int = Field(default=20, ge=1, description="Envoy: public routes' burst.")
+    edge_rate_public_tokens_per_fill: int = Field(
+        default=5, ge=1, description="Envoy: public routes' tokens per fill (5 per 3 s = 100/min)."
+    )
+    edge_rate_public_fill_seconds: float = Field(
+        default=3.0, ge=0.05, description="Envoy: public routes' fill interval."
+    )
+    edge_rate_regulatory_burst: int = Field(
+        default=10, ge=1, description="Envoy: regulatory-reporting routes' (integration sync/test) burst."
+    )
+    edge_rate_regulatory_tokens_per_fill: int = Field(
+        default=1, ge=1, description="Envoy: regulatory routes' tokens per fill (1 per 30 s = 10 per 5 min)."
+    )
+    edge_rate_regulatory_fill_seconds: float = Field(
+        default=30.0, ge=0.05, description="Envoy: regulatory routes' fill interval."
+    )
+    edge_rate_max_partners: int = Field(
+        default=10000, ge=1, description="Envoy: per-partner buckets kept (least recently used evicted)."
+    )
+    grpc_rate_burst: int = Field(
+        default=20, ge=1, description="Direct gRPC listener: requests a principal may send at once."
+    )
+    grpc_rate_per_minute: float = Field(
+        default=100.0, gt=0, description="Direct gRPC listener: sustained requests per minute per principal."
+    )
+    grpc_rate_max_principals: int = Field(
+        default=100_000, ge=1, description="Direct gRPC listener: buckets kept (least recently used evicted)."
     )
 
     def sqlalchemy_url(self, embedded_url: str | None = None) -> str:

@@ -17,19 +17,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from google.protobuf import descriptor_pb2
 
 from seedline_server.certs import PARTNER_URI_PREFIX, DevPki
 
+if TYPE_CHECKING:
+    from seedline_server.config import Settings
+
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "REGULATORY_METHODS",
     "UPSTREAM_CLUSTER",
+    "EdgeRateLimits",
     "EnvoyError",
     "EnvoyProcess",
+    "RouteClass",
     "envoy_binary",
     "render_envoy_config",
     "services_in_descriptor",
@@ -50,6 +57,109 @@ class EnvoyError(RuntimeError):
     """Envoy rejected its configuration, exited early or did not become ready."""
 
 
+# --------------------------------------------------------------------------------------------
+# Rate limits by route class: the one place that says which partner routes cost what.
+
+REGULATORY_METHODS: tuple[str, ...] = (
+    "/seedline.integration.v1.IntegrationService/SyncIntegration",
+    "/seedline.integration.v1.IntegrationService/TestIntegration",
+)
+"""gRPC paths of the regulatory-reporting routes: the calls that make the server talk to a state
+traceability system (REST ``POST /v1/licenses/*/integrations/*:sync`` and ``...:test``)."""
+
+RATE_LIMIT_METADATA_NAMESPACE = "seedline.edge"
+"""Dynamic metadata namespace where the Lua filter puts the partner's certificate URI SAN."""
+
+
+@dataclass(frozen=True)
+class RouteClass:
+    """A class of partner routes sharing one token bucket per partner.
+
+    Envoy's bucket holds at most ``max_tokens`` (the burst) and gains ``tokens_per_fill`` every
+    ``fill_interval`` seconds; each request takes one token.
+
+    Attributes:
+        name: The class, also the ``route_class`` rate limit descriptor value.
+        max_tokens: Bucket size: requests a partner may send at once.
+        tokens_per_fill: Tokens added per fill interval.
+        fill_interval: Seconds between fills (Envoy requires at least 0.05).
+        methods: gRPC paths (``/<package>.<Service>/<Method>``) in this class; empty for the
+            default class, which covers every other partner route.
+
+    """
+
+    name: str
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: float
+    methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.tokens_per_fill < 1:
+            raise ValueError(f"rate limit class {self.name}: max_tokens and tokens_per_fill must be >= 1")
+        if self.fill_interval < 0.05:
+            raise ValueError(f"rate limit class {self.name}: fill_interval must be >= 0.05s")
+
+    @property
+    def per_minute(self) -> float:
+        """Sustained rate in requests per minute."""
+        return self.tokens_per_fill * 60.0 / self.fill_interval
+
+
+@dataclass(frozen=True)
+class EdgeRateLimits:
+    """Envoy's local rate limits: a default class, the special classes, and the partner cap.
+
+    Attributes:
+        default: The class of every partner route not named by a special class ("public").
+        special: Classes of specific methods (e.g. "regulatory").
+        max_partners: Per-partner buckets Envoy keeps (least recently used evicted beyond that).
+
+    """
+
+    default: RouteClass
+    special: tuple[RouteClass, ...] = ()
+    max_partners: int = 10000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EdgeRateLimits:
+        """The limits configured through ``SEEDLINE_EDGE_RATE_*``."""
+        return cls(
+            default=RouteClass(
+                "public",
+                max_tokens=settings.edge_rate_public_burst,
+                tokens_per_fill=settings.edge_rate_public_tokens_per_fill,
+                fill_interval=settings.edge_rate_public_fill_seconds,
+            ),
+            special=(
+                RouteClass(
+                    "regulatory",
+                    max_tokens=settings.edge_rate_regulatory_burst,
+                    tokens_per_fill=settings.edge_rate_regulatory_tokens_per_fill,
+                    fill_interval=settings.edge_rate_regulatory_fill_seconds,
+                    methods=REGULATORY_METHODS,
+                ),
+            ),
+            max_partners=settings.edge_rate_max_partners,
+        )
+
+    @classmethod
+    def defaults(cls) -> EdgeRateLimits:
+        """Public 100/min with a burst of 20; regulatory reporting 10 per 5 minutes."""
+        return cls(
+            default=RouteClass("public", max_tokens=20, tokens_per_fill=5, fill_interval=3.0),
+            special=(
+                RouteClass(
+                    "regulatory",
+                    max_tokens=10,
+                    tokens_per_fill=1,
+                    fill_interval=30.0,
+                    methods=REGULATORY_METHODS,
+                ),
+            ),
+        )
+
+
 def render_envoy_config(
     *,
     listen_host: str,
@@ -61,6 +171,7 @@ def render_envoy_config(
     pki: DevPki,
     services: Sequence[str],
     template: Path | None = None,
+    rate_limits: EdgeRateLimits | None = None,
 ) -> str:
     """Render the Envoy bootstrap for the partner edge.
 
@@ -74,6 +185,8 @@ def render_envoy_config(
         pki: CA, server certificate and key Envoy uses (see :func:`~seedline_server.certs.write_dev_pki`).
         services: Fully-qualified gRPC services to transcode; see :func:`services_in_descriptor`.
         template: Template to render instead of :data:`DEFAULT_TEMPLATE`.
+        rate_limits: Per-partner limits by route class; :meth:`EdgeRateLimits.defaults` if None
+            (``EdgeRateLimits.from_settings(settings)`` for the configured ones).
 
     Returns:
         The YAML configuration text.
@@ -89,6 +202,7 @@ def render_envoy_config(
         if not 0 < port < 65536:
             raise ValueError(f"port out of range: {port}")
     text = (template or DEFAULT_TEMPLATE).read_text(encoding="utf-8")
+    limits = rate_limits or EdgeRateLimits.defaults()
     # JSON strings are valid YAML double-quoted scalars, so any path or host is safe to insert.
     return Template(text).substitute(
         LISTEN_HOST=json.dumps(listen_host),
@@ -104,7 +218,77 @@ def render_envoy_config(
         SERVICES=json.dumps(list(services)),
         CLUSTER=UPSTREAM_CLUSTER,
         STREAMING_ROUTES=_streaming_routes(streaming_methods(descriptor, services), text),
+        RATE_LIMIT_ACTIONS=json.dumps(_rate_limit_actions(limits)),
+        RATE_LIMIT_DESCRIPTORS=json.dumps(
+            [_rate_limit_descriptor(c) for c in (*limits.special, limits.default)]
+        ),
+        RATE_LIMIT_MAX_PARTNERS=str(int(limits.max_partners)),
+        RATE_LIMIT_METADATA=json.dumps(RATE_LIMIT_METADATA_NAMESPACE),
     )
+
+
+def _duration(seconds: float) -> str:
+    """A google.protobuf.Duration in JSON: seconds with at most millisecond precision."""
+    return f"{round(seconds * 1000) / 1000:g}s"
+
+
+def _partner_action() -> dict[str, object]:
+    return {
+        "metadata": {
+            "descriptor_key": "partner",
+            "metadata_key": {"key": RATE_LIMIT_METADATA_NAMESPACE, "path": [{"key": "partner"}]},
+            "source": "DYNAMIC",
+        }
+    }
+
+
+def _class_action(name: str, path_matchers: list[dict[str, object]]) -> dict[str, object]:
+    return {
+        "header_value_match": {
+            "descriptor_key": "route_class",
+            "descriptor_value": name,
+            "headers": path_matchers,
+        }
+    }
+
+
+def _rate_limit_actions(limits: EdgeRateLimits) -> list[dict[str, object]]:
+    """The filter's ``rate_limits``: each request yields one descriptor (route_class, partner).
+
+    The class comes from the gRPC path (the filter runs after the transcoder): one entry per
+    method of a special class, and one for the default class matching a path that is none of
+    them. Classes are descriptor values, not routes, so all methods of a class share a bucket.
+    """
+    special = [path for route_class in limits.special for path in route_class.methods]
+    entries: list[dict[str, object]] = [
+        {
+            "actions": [
+                _class_action(route_class.name, [{"name": ":path", "string_match": {"exact": path}}]),
+                _partner_action(),
+            ]
+        }
+        for route_class in limits.special
+        for path in route_class.methods
+    ]
+    not_special: list[dict[str, object]] = [
+        {"name": ":path", "string_match": {"exact": path}, "invert_match": True} for path in special
+    ]
+    # A header_value_match needs at least one matcher; ":path" is always present.
+    default_match = not_special or [{"name": ":path", "present_match": True}]
+    entries.append({"actions": [_class_action(limits.default.name, default_match), _partner_action()]})
+    return entries
+
+
+def _rate_limit_descriptor(route_class: RouteClass) -> dict[str, object]:
+    """A local rate limit descriptor with a wildcard partner: one bucket per partner and class."""
+    return {
+        "entries": [{"key": "route_class", "value": route_class.name}, {"key": "partner", "value": ""}],
+        "token_bucket": {
+            "max_tokens": route_class.max_tokens,
+            "tokens_per_fill": route_class.tokens_per_fill,
+            "fill_interval": _duration(route_class.fill_interval),
+        },
+    }
 
 
 def services_in_descriptor(descriptor: Path, package_prefix: str = "seedline.") -> list[str]:

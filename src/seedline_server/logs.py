@@ -3,9 +3,50 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+from seedline_server.crypto import REDACTED, Secret
+
+# Keys whose values never reach a log line: secrets, passwords, tokens, credentials, API keys,
+# authorization headers (``api_key``, ``apiKey``, ``x-api-key``, ``webhook_secret``, ...).
+_SECRET_KEY = re.compile(
+    r"secret|passw(or)?d|token|credential|api[-_]?key|authorization|private[-_]?key|cookie",
+    re.IGNORECASE,
+)
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if depth > 8:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _scrub(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub(v, depth + 1) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_scrub(v, depth + 1) for v in value)
+    if isinstance(value, Secret):
+        return REDACTED
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Structlog processor: mask values of secret-looking keys (also nested) and ``Secret`` values."""
+    for key in list(event_dict):
+        if _SECRET_KEY.search(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
 
 
 def configure(fmt: str = "console", level: str = "info") -> None:
@@ -18,6 +59,7 @@ def configure(fmt: str = "console", level: str = "info") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -9,34 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from seedline.audit.v1 import audit_pb2_grpc
 from seedline.auth.v1 import auth_pb2_grpc
 from seedline.inventory.v1 import inventory_pb2_grpc
 from seedline.lab.v1 import lab_pb2_grpc
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2_grpc
 from seedline.transfer.v1 import transfer_pb2_grpc
+from seedline.type.v1 import access_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server import contract
 from seedline_server.api import lab as lab_api
 from seedline_server.api import transfer as transfer_api
 from seedline_server.api import unimplemented
+from seedline_server.api.audit import AuditServicer
 from seedline_server.api.auth import AuthServicer
+from seedline_server.api.convert import SignatureVerifier, use_signatures
 from seedline_server.api.interceptor import CallInterceptor
 from seedline_server.api.inventory import InventoryServicer
 from seedline_server.api.license import LicenseServicer
 from seedline_server.api.plant import PlantServicer
+from seedline_server.api.ratelimit import TokenBuckets
 from seedline_server.config import Settings
 from seedline_server.service import transfers
 from seedline_server.service.context import CallContext, Principal
+from seedline_server.service.identity import Authenticator, JwtVerifier
 from seedline_server.service.uow import Database
 from seedline_server.service.watch import TransferFeed
 from seedline_server.store import db as store_db
@@ -45,6 +52,7 @@ log = structlog.get_logger("seedline.server")
 SYSTEM = Principal(name="system", kind="SYSTEM")
 
 _IMPLEMENTED = {
+    "seedline.audit.v1.AuditService",
     "seedline.auth.v1.AuthService",
     "seedline.inventory.v1.InventoryService",
     "seedline.lab.v1.LabResultService",
@@ -99,6 +107,17 @@ async def _watch_database(
         await asyncio.sleep(period)
 
 
+def access_rules(services: Iterable[Any]) -> dict[str, access_pb2.AccessRule]:
+    """Every RPC's access rule from the contract, by full method name."""
+    rules = {}
+    for service in services:
+        for method in service.methods:
+            options = method.GetOptions()
+            if options.HasExtension(access_pb2.access):
+                rules[method.full_name] = options.Extensions[access_pb2.access]
+    return rules
+
+
 async def _depart_due(database: Database, period: float) -> None:
     """Move committed transfers to IN_TRANSIT once their planned departure time has passed."""
     ctx = CallContext(principal=SYSTEM, method="seedline.server.DepartDueTransfers")
@@ -121,6 +140,7 @@ async def start(settings: Settings, database_url: str) -> Running:
     others = unimplemented.handlers(s for s in services if s.full_name not in _IMPLEMENTED)
     license_servicer, plant_servicer = LicenseServicer(database), PlantServicer(database)
     inventory_servicer = InventoryServicer(database)
+    audit_servicer = AuditServicer(database)
     lab_servicer = await lab_api.build_servicer(settings, database)
     feed = TransferFeed(
         database,
@@ -130,9 +150,31 @@ async def start(settings: Settings, database_url: str) -> Running:
     await feed.start()
     transfer_servicer = transfer_api.TransferServicer(database, feed)
 
+    authenticator = Authenticator(
+        database,
+        JwtVerifier(
+            settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+            settings.jwt_jwks_path,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+        ),
+        settings.partner_grants,
+    )
+    use_signatures(SignatureVerifier(authenticator, settings.signature_max_age_seconds))
+    rules = access_rules(services)
+    direct_limits = TokenBuckets.from_settings(settings)
+
     def build(trust_forwarded: bool) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=[CallInterceptor(trust_forwarded=trust_forwarded)],
+            interceptors=[
+                CallInterceptor(
+                    trust_forwarded=trust_forwarded,
+                    authenticator=authenticator,
+                    rules=rules,
+                    # Envoy limits the edge listener per partner; direct callers get buckets here.
+                    limits=None if trust_forwarded else direct_limits,
+                )
+            ],
             # Room for the largest request: an 8 MiB certificate of analysis plus its fields.
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 9 * 1024 * 1024)],
         )
@@ -141,7 +183,8 @@ async def start(settings: Settings, database_url: str) -> Running:
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(inventory_servicer, server)
         lab_pb2_grpc.add_LabResultServiceServicer_to_server(lab_servicer, server)
         transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfer_servicer, server)
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(audit_servicer, server)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(database, authenticator), server)
         server.add_generic_rpc_handlers(others)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

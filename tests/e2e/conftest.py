@@ -9,6 +9,7 @@ import grpc
 import httpx
 import pytest
 
+from tests.support import auth
 from tests.support.stack import EdgeProcess, ServerProcess
 
 
@@ -37,8 +38,8 @@ def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edg
 @pytest.fixture(scope="session")
 def channel(stack: EdgeProcess) -> Iterator[grpc.Channel]:
     """A gRPC channel to the direct listener."""
-    with grpc.insecure_channel(stack.server.target) as ch:
-        yield ch
+    with grpc.insecure_channel(stack.server.target) as raw:
+        yield auth.with_bearer(raw, auth.mint())
 
 
 @pytest.fixture(scope="session")

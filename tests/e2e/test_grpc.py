@@ -9,11 +9,15 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from seedline.auth.v1 import auth_pb2, auth_pb2_grpc
 from seedline.integration.v1 import integration_pb2, integration_pb2_grpc
+from seedline.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from seedline.license.v1 import license_pb2 as lic
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2 as pl
 from seedline.plant.v1 import plant_pb2_grpc
 from seedline.type.v1 import esignature_pb2, quantity_pb2
+
+from tests.support import auth
+from tests.support.stack import EdgeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -114,7 +118,7 @@ def test_plant_lifecycle_over_grpc(channel: grpc.Channel) -> None:
             name=created.name,
             confirm=True,
             esignature=esignature_pb2.ESignatureInput(
-                credential="fresh-token",
+                credential=auth.mint(),
                 meaning=esignature_pb2.SIGNATURE_MEANING_APPROVED,
                 reason="witnessed",
             ),
@@ -225,8 +229,18 @@ def test_later_services_answer_unimplemented(channel: grpc.Channel) -> None:
     assert "issue #6" in (err.value.details() or "")
 
 
-def test_forwarded_cert_header_is_ignored_on_direct_listener(channel: grpc.Channel) -> None:
-    forged = (("x-forwarded-client-cert", "URI=spiffe://seedline.dev/partner/evil"),)
-    reply = auth_pb2_grpc.AuthServiceStub(channel).PingSession(auth_pb2.PingSessionRequest(), metadata=forged)
-    assert reply.principal == "anonymous"
-    assert reply.principal_kind == auth_pb2.PRINCIPAL_KIND_ANONYMOUS
+def test_forwarded_cert_header_is_ignored_on_direct_listener(stack: EdgeProcess) -> None:
+    forged = (("x-forwarded-client-cert", "URI=spiffe://seedline.dev/partner/acme"),)
+    with grpc.insecure_channel(stack.server.target) as raw:
+        stub = auth_pb2_grpc.AuthServiceStub(raw)
+        reply = stub.PingSession(auth_pb2.PingSessionRequest(), metadata=forged)
+        assert reply.principal == "anonymous"
+        assert reply.principal_kind == auth_pb2.PRINCIPAL_KIND_ANONYMOUS
+        # acme is an admin through Envoy; the forged header on the direct listener grants nothing.
+        lots = inventory_pb2_grpc.InventoryServiceStub(raw)
+        with pytest.raises(grpc.RpcError) as err:
+            lots.ListLots(
+                inventory_pb2.ListLotsRequest(parent="licenses/01JD0000000000000000000000"), metadata=forged
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert details(err.value)[0].reason == "CREDENTIALS_MISSING"

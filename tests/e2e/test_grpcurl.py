@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import auth
 from tests.support.stack import EdgeProcess
 
 pytestmark = pytest.mark.e2e
@@ -56,6 +57,8 @@ def test_call_and_health(stack: EdgeProcess) -> None:
         [
             GRPCURL,
             "-plaintext",
+            "-H",
+            f"authorization: Bearer {auth.mint()}",
             "-d",
             '{"company": {"display_name": "grpcurl Co"}}',
             stack.server.target,
@@ -67,6 +70,23 @@ def test_call_and_health(stack: EdgeProcess) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["name"].startswith("companies/")
+    # Without the bearer token the same call is refused with a rich status grpcurl can show.
+    anonymous = subprocess.run(
+        [
+            GRPCURL,
+            "-plaintext",
+            "-d",
+            "{}",
+            stack.server.target,
+            "seedline.license.v1.LicenseService/CreateCompany",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert anonymous.returncode != 0
+    assert "Unauthenticated" in anonymous.stderr
+    assert "CREDENTIALS_MISSING" in anonymous.stderr
     health = subprocess.run(
         [
             GRPCURL,

@@ -27,6 +27,7 @@ from seedline.type.v1 import quantity_pb2 as qty
 
 from tests.e2e.test_grpc import details
 from tests.e2e.test_rest import reason
+from tests.support import auth
 
 pytestmark = pytest.mark.e2e
 
@@ -1008,7 +1009,7 @@ def test_two_step_lot_destruction_then_locked(channel: grpc.Channel) -> None:
     lots = inventory_pb2_grpc.InventoryServiceStub(channel)
     lot = new_lot(lots, farm, q("12.5"))
     signature = esignature_pb2.ESignatureInput(
-        credential="fresh-token",
+        credential=auth.mint(),
         meaning=esignature_pb2.SIGNATURE_MEANING_WITNESSED,
         reason="witnessed grinding",
     )

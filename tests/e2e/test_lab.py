@@ -33,6 +33,7 @@ from seedline_server.store import reference
 from tests.e2e.test_grpc import details
 from tests.e2e.test_inventory_cycle import Farm, flowering_plants, make_farm, new_lot, q, refused
 from tests.e2e.test_rest import reason
+from tests.support import auth
 
 pytestmark = pytest.mark.e2e
 
@@ -290,12 +291,14 @@ def test_harvest_sample_fail_quarantine_retest_release_over_grpc(channel: grpc.C
             name=passing.name,
             confirm=True,
             esignature=esignature_pb2.ESignatureInput(
-                credential="token", meaning=esignature_pb2.SIGNATURE_MEANING_APPROVED, reason="void per SOP-7"
+                credential=auth.mint(),
+                meaning=esignature_pb2.SIGNATURE_MEANING_APPROVED,
+                reason="void per SOP-7",
             ),
         )
     )
     assert voided.state == lb.LAB_RESULT_STATE_VOIDED
-    assert voided.void_confirmation.signer == "anonymous"
+    assert voided.void_confirmation.signer == f"users/{auth.ADMIN}"
     assert voided.void_confirmation.audit_event_id
     assert voided.HasField("void_time")
     again = lots.GetLot(inv.GetLotRequest(name=flower.name))
@@ -624,7 +627,7 @@ def test_sample_result_attach_and_void_over_rest(channel: grpc.Channel, rest: ht
         json={
             "confirm": True,
             "esignature": {
-                "credential": "t",
+                "credential": auth.mint(auth.PARTNER),
                 "meaning": "SIGNATURE_MEANING_APPROVED",
                 "reason": "void per SOP",
             },
@@ -638,7 +641,7 @@ def test_sample_result_attach_and_void_over_rest(channel: grpc.Channel, rest: ht
         json={
             "confirm": True,
             "esignature": {
-                "credential": "t",
+                "credential": auth.mint(auth.PARTNER),
                 "meaning": "SIGNATURE_MEANING_APPROVED",
                 "reason": "void per SOP",
             },

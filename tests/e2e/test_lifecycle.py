@@ -15,6 +15,7 @@ from seedline.plant.v1 import plant_pb2 as pl
 from seedline.plant.v1 import plant_pb2_grpc
 
 from tests.e2e.test_grpc import make_license
+from tests.support import auth
 from tests.support.stack import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +27,8 @@ def test_sigterm_lets_in_flight_calls_finish(pg_url: str, tmp_path: Path) -> Non
     )
     server.start()
     try:
-        with grpc.insecure_channel(server.target) as channel:
+        with grpc.insecure_channel(server.target) as raw:
+            channel = auth.with_bearer(raw, auth.mint())
             license_, section, variety = make_license(channel, "CO-SHUTDOWN")
             stub = plant_pb2_grpc.PlantServiceStub(channel)
             request = pl.BatchCreatePlantsRequest(
@@ -57,7 +59,8 @@ def test_embedded_postgres_keeps_data_across_restarts(tmp_path: Path) -> None:
     first = ServerProcess(database_url="", data_dir=tmp_path / "state")
     first.start()
     try:
-        with grpc.insecure_channel(first.target) as channel:
+        with grpc.insecure_channel(first.target) as raw:
+            channel = auth.with_bearer(raw, auth.mint())
             company = license_pb2_grpc.LicenseServiceStub(channel).CreateCompany(
                 lic.CreateCompanyRequest(company=lic.Company(display_name="Persistent Co"))
             )
@@ -66,7 +69,8 @@ def test_embedded_postgres_keeps_data_across_restarts(tmp_path: Path) -> None:
     second = ServerProcess(database_url="", data_dir=tmp_path / "state")
     second.start()
     try:
-        with grpc.insecure_channel(second.target) as channel:
+        with grpc.insecure_channel(second.target) as raw:
+            channel = auth.with_bearer(raw, auth.mint())
             again = license_pb2_grpc.LicenseServiceStub(channel).GetCompany(
                 lic.GetCompanyRequest(name=company.name)
             )

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from seedline_server.certs import issue_client_cert, write_ca
+from tests.support import auth
 from tests.support.stack import EdgeProcess
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +89,7 @@ def test_plant_crud_over_rest(rest: httpx.Client) -> None:
         json={
             "confirm": True,
             "esignature": {
-                "credential": "tok",
+                "credential": auth.mint(auth.PARTNER),
                 "meaning": "SIGNATURE_MEANING_APPROVED",
                 "reason": "witnessed",
             },
@@ -102,7 +103,7 @@ def test_plant_crud_over_rest(rest: httpx.Client) -> None:
         json={
             "confirm": True,
             "esignature": {
-                "credential": "tok",
+                "credential": auth.mint(auth.PARTNER),
                 "meaning": "SIGNATURE_MEANING_APPROVED",
                 "reason": "witnessed",
             },

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from tests.e2e.test_inventory_cycle import (
     refused,
 )
 from tests.e2e.test_rest import reason
+from tests.support import auth
+from tests.support.stack import EdgeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +60,7 @@ STATE = (FP, "INVALID_STATE_TRANSITION")
 VEHICLE = tr.Vehicle(make="Ford", model="Transit 250", license_plate="CO ABC-1234", color="White")
 DRIVER = tr.Driver(display_name="Dana Driver", license_number="D123-4567", phone="+13035550100")
 SIGNATURE = esignature_pb2.ESignatureInput(
-    credential="fresh-token",
+    credential=auth.mint(),
     meaning=esignature_pb2.SIGNATURE_MEANING_AUTHORED,
     reason="Manifest checked against the load",
 )
@@ -1219,7 +1222,7 @@ def test_transfer_flow_over_rest(channel: grpc.Channel, rest: httpx.Client) -> N
     )
     assert [i["quantity"] for i in added["items"]] == [jq("12", "UNIT_EACH")]
     signature = {
-        "credential": "fresh-token",
+        "credential": auth.mint(auth.PARTNER),
         "meaning": "SIGNATURE_MEANING_AUTHORED",
         "reason": "Loaded and counted",
     }
@@ -1279,3 +1282,34 @@ def test_transfer_flow_over_rest(channel: grpc.Channel, rest: httpx.Client) -> N
     no_signature = rest.post(f"/v1/{untested['name']}:commit", json={"etag": untested["etag"]})
     assert no_signature.status_code == 400
     assert reason(no_signature.json()) == "VALIDATION_FAILED"
+
+
+def test_only_the_parties_see_and_receive_a_transfer(stack: EdgeProcess, channel: grpc.Channel) -> None:
+    transfers, lots = stubs(channel)
+    source, target = make_site(channel), make_site(channel, name="Receiver")
+    lot = new_lot(lots, source, ea("10"))
+    t = shipped(transfers, source, target.license, [(lot.name, ea("4"))])
+    src_id, tgt_id = source.license.split("/")[1], target.license.split("/")[1]
+
+    def as_(grants: dict[str, list[str]]) -> transfer_pb2_grpc.TransferServiceStub:
+        return transfer_pb2_grpc.TransferServiceStub(
+            auth.with_bearer(raw, auth.mint(f"u-{uuid.uuid4().hex[:6]}", grants))
+        )
+
+    with grpc.insecure_channel(stack.server.target) as raw:
+        stranger = as_({"01JF" + "0" * 22: ["admin"]})
+        sender = as_({src_id: ["inventory_manager"]})
+        receiver = as_({tgt_id: ["inventory_manager"]})
+        missing = tr.GetTransferRequest(name=f"{source.license}/transfers/{'01JG' + '0' * 22}")
+        # A stranger is refused alike whether the transfer exists or not (AIP-193).
+        for request in (tr.GetTransferRequest(name=t.name), missing):
+            with pytest.raises(grpc.RpcError) as err:
+                stranger.GetTransfer(request)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert sender.GetTransfer(tr.GetTransferRequest(name=t.name)).name == t.name
+        assert receiver.GetTransfer(tr.GetTransferRequest(name=t.name)).name == t.name
+        # The sender cannot receive its own shipment; the receiver can.
+        with pytest.raises(grpc.RpcError) as err:
+            sender.AcceptTransfer(accept_request(t, target.vault))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert receiver.AcceptTransfer(accept_request(t, target.vault)).state == tr.TRANSFER_STATE_ACCEPTED

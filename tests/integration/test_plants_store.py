@@ -12,8 +12,8 @@ from sqlalchemy import func, select, text
 
 from seedline_server.domain import plant as rules
 from seedline_server.domain.errors import EtagMismatch, InvalidArgument, NotFound, RequestIdReused
-from seedline_server.service import plants, registry
-from seedline_server.service.uow import GENESIS_HASH, Database, Replay, UnitOfWork, audit_hash
+from seedline_server.service import audit, plants, registry
+from seedline_server.service.uow import GENESIS_HASH, Database, Replay, UnitOfWork
 from seedline_server.store import models
 from tests.integration.conftest import CTX, Farm
 
@@ -129,28 +129,17 @@ async def test_audit_chain_links_and_hashes_verify(database: Database, farm: Far
     await create(database, farm, 3)
 
     async def rows(uow: UnitOfWork) -> list[models.AuditEvent]:
-        return list(
-            (await uow.session.scalars(select(models.AuditEvent).order_by(models.AuditEvent.seq))).all()
-        )
+        ev = models.AuditEvent
+        stmt = select(ev).where(ev.license_id == farm.license_id).order_by(ev.sequence)
+        return list((await uow.session.scalars(stmt)).all())
 
     events = await database.read(CTX, rows)
     assert events[0].prev_hash == GENESIS_HASH
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     for prev, event in itertools.pairwise(events):
         assert event.prev_hash == prev.hash
     for event in events:
-        content = {
-            "id": event.id,
-            "license_id": event.license_id,
-            "event_time": event.event_time.isoformat(),
-            "principal": event.principal,
-            "method": event.method,
-            "resource": event.resource,
-            "action": event.action,
-            "before": event.before,
-            "after": event.after,
-            "request_id": event.request_id,
-        }
-        assert audit_hash(event.prev_hash, content) == event.hash, event.id
+        assert audit.row_hash(event, event.prev_hash) == event.hash, event.id
 
 
 @pytest.mark.parametrize(

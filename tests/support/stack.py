@@ -20,10 +20,27 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seedline_server import edge
 from seedline_server.certs import DevPki, write_dev_pki
+from tests.support import auth
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO / "gen" / "seedline.protoset"
 BIN = Path(sys.executable).parent
+
+# Tests share one partner identity and send bursts no real partner would: limits out of the way
+# unless a test configures its own (tests/e2e/test_rate_limits.py).
+UNLIMITED_EDGE = edge.EdgeRateLimits(
+    default=edge.RouteClass("public", max_tokens=1_000_000, tokens_per_fill=1_000_000, fill_interval=1.0),
+    special=(
+        edge.RouteClass(
+            "regulatory",
+            max_tokens=1_000_000,
+            tokens_per_fill=1_000_000,
+            fill_interval=1.0,
+            methods=edge.REGULATORY_METHODS,
+        ),
+    ),
+)
+UNLIMITED_GRPC_ENV = {"SEEDLINE_GRPC_RATE_BURST": "1000000", "SEEDLINE_GRPC_RATE_PER_MINUTE": "60000000"}
 
 
 def free_port() -> int:
@@ -77,8 +94,10 @@ class ServerProcess:
             SEEDLINE_EDGE_PORT=str(self.edge_port),
             SEEDLINE_LOG_FORMAT="json",
             SEEDLINE_LOG_LEVEL="warning",
-            **self.extra_env,
+            **UNLIMITED_GRPC_ENV,
         )
+        env.update(auth.SERVER_ENV)  # trust the tests' JWT secret; the e2e partner is an admin
+        env.update(self.extra_env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "server.log").open("wb")
         self.proc = subprocess.Popen(
@@ -116,6 +135,7 @@ class EdgeProcess:
     admin_port: int = field(default_factory=free_port)
     pki: DevPki | None = None
     envoy: edge.EnvoyProcess | None = None
+    rate_limits: edge.EdgeRateLimits = UNLIMITED_EDGE
 
     @property
     def base_url(self) -> str:
@@ -134,6 +154,7 @@ class EdgeProcess:
             descriptor=DESCRIPTOR,
             pki=self.pki,
             services=edge.services_in_descriptor(DESCRIPTOR),
+            rate_limits=self.rate_limits,
         )
         self.envoy = edge.EnvoyProcess(admin_port=self.admin_port)
         self.envoy.start(config, self.workdir / "envoy")

@@ -11,10 +11,14 @@ import pytest
 import yaml
 
 from seedline_server.certs import DevPki, write_dev_pki
+from seedline_server.config import Settings
 from seedline_server.edge import (
     DEFAULT_TEMPLATE,
+    REGULATORY_METHODS,
+    EdgeRateLimits,
     EnvoyError,
     EnvoyProcess,
+    RouteClass,
     envoy_binary,
     render_envoy_config,
     services_in_descriptor,
@@ -133,10 +137,12 @@ def test_rendered_config_has_the_edge_policies(pki: DevPki) -> None:
         "reject_unknown_query_parameters": True,
     }
     names = [f["name"] for f in hcm["http_filters"]]
-    # The header scrubber must come before the transcoder so that it sees its responses.
+    # The header scrubber must come before the transcoder so that it sees its responses; the rate
+    # limiter after it, so that it sees gRPC paths (and after Lua, which names the partner).
     assert names == [
         "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.router",
     ]
 
@@ -187,11 +193,22 @@ def test_local_replies_map_http_status_to_google_rpc_codes(pki: DevPki) -> None:
             continue
         body = mapper["body_format_override"]
         assert body["content_type"] == "application/json"
-        (detail,) = body["json_format"]["details"]
+        status = status_filter["comparison"]["value"]["default_value"]
+        detail, *more = body["json_format"]["details"]
         assert detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
         assert detail["domain"] == "seedline.dev"
-        assert body["json_format"]["message"] == "%LOCAL_REPLY_BODY%"
-        status = status_filter["comparison"]["value"]["default_value"]
+        if status == 429:
+            # The Lua filter fills in the delay once Envoy has added x-ratelimit-reset.
+            assert more == [
+                {
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": "%RESP(X-RATELIMIT-RESET)%s",
+                }
+            ]
+            assert "retry-after" in body["json_format"]["message"]
+        else:
+            assert more == []
+            assert body["json_format"]["message"] == "%LOCAL_REPLY_BODY%"
         by_status[status] = (body["json_format"]["code"], detail["reason"])
     assert by_status == {
         400: (3, "VALIDATION_FAILED"),
@@ -261,3 +278,144 @@ def test_envoy_process_failure_quotes_envoys_log(tmp_path: Path) -> None:
     with pytest.raises(EnvoyError, match="no_such_field"):
         envoy.start("static_resources: {clusters: [{name: x, no_such_field: 1}]}\n", tmp_path)
     assert not envoy.running
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate limits
+
+
+def _hcm(text: str) -> dict[str, Any]:
+    hcm: dict[str, Any] = yaml.safe_load(text)["static_resources"]["listeners"][0]["filter_chains"][0][
+        "filters"
+    ][0]["typed_config"]
+    return hcm
+
+
+def _buckets(limiter: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for descriptor in limiter["descriptors"]:
+        (cls,), partner = (
+            [e["value"] for e in descriptor["entries"] if e["key"] == "route_class"],
+            [e for e in descriptor["entries"] if e["key"] == "partner"],
+        )
+        assert partner == [{"key": "partner", "value": ""}]  # wildcard: a bucket per partner
+        out[cls] = descriptor["token_bucket"]
+    return out
+
+
+def test_default_rate_limits_are_public_100_per_minute_burst_20_and_regulatory_10_per_5_minutes(
+    pki: DevPki,
+) -> None:
+    limits = EdgeRateLimits.defaults()
+    assert limits == EdgeRateLimits.from_settings(Settings())
+    assert (limits.default.max_tokens, limits.default.per_minute) == (20, 100)
+    (regulatory,) = limits.special
+    assert regulatory.methods == REGULATORY_METHODS
+    assert (regulatory.max_tokens, regulatory.per_minute * 5) == (10, 10)
+
+    limiter = _filter(_hcm(_render(pki)), "envoy.filters.http.local_ratelimit")
+    assert _buckets(limiter) == {
+        "public": {"max_tokens": 20, "tokens_per_fill": 5, "fill_interval": "3s"},
+        "regulatory": {"max_tokens": 10, "tokens_per_fill": 1, "fill_interval": "30s"},
+    }
+    assert limiter["filter_enabled"]["default_value"] == {"numerator": 100, "denominator": "HUNDRED"}
+    assert limiter["filter_enforced"]["default_value"] == {"numerator": 100, "denominator": "HUNDRED"}
+    assert limiter["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"
+    assert limiter["rate_limited_as_resource_exhausted"] is True
+    assert limiter["always_consume_default_token_bucket"] is False
+    assert limiter["max_dynamic_descriptors"] == 10000
+    assert "token_bucket" not in limiter  # no shared bucket: only per-partner ones
+
+
+def test_rate_limit_actions_pick_the_class_by_grpc_path_and_the_partner_from_metadata(pki: DevPki) -> None:
+    limiter = _filter(_hcm(_render(pki)), "envoy.filters.http.local_ratelimit")
+    partner = {
+        "metadata": {
+            "descriptor_key": "partner",
+            "metadata_key": {"key": "seedline.edge", "path": [{"key": "partner"}]},
+            "source": "DYNAMIC",
+        }
+    }
+    *special, default = limiter["rate_limits"]
+    assert [r["actions"][0]["header_value_match"]["headers"] for r in special] == [
+        [{"name": ":path", "string_match": {"exact": path}}] for path in REGULATORY_METHODS
+    ]
+    assert {r["actions"][0]["header_value_match"]["descriptor_value"] for r in special} == {"regulatory"}
+    match = default["actions"][0]["header_value_match"]
+    assert match["descriptor_value"] == "public"
+    # Public is every path that is not regulatory: all inverted matchers must hold.
+    assert match["headers"] == [
+        {"name": ":path", "string_match": {"exact": path}, "invert_match": True}
+        for path in REGULATORY_METHODS
+    ]
+    assert all(r["actions"][1] == partner for r in limiter["rate_limits"])
+    # The Lua filter is what puts the partner there.
+    lua = _filter(_hcm(_render(pki)), "envoy.filters.http.lua")["default_source_code"]["inline_string"]
+    assert "envoy_on_request" in lua
+    assert 'dynamicMetadata():set("seedline.edge", "partner", uri)' in lua
+    assert 'local partner_prefix = "spiffe://seedline.dev/partner/"' in lua
+
+
+def test_regulatory_methods_are_the_integration_sync_and_test_bindings() -> None:
+    from google.api import annotations_pb2
+    from google.protobuf import descriptor_pb2
+
+    files = descriptor_pb2.FileDescriptorSet()
+    files.ParseFromString(DESCRIPTOR.read_bytes())
+    bindings = {}
+    for file in files.file:
+        for service in file.service:
+            for method in service.method:
+                rule = method.options.Extensions[annotations_pb2.http]
+                bindings[f"/{file.package}.{service.name}/{method.name}"] = rule.post
+    assert {bindings[path] for path in REGULATORY_METHODS} == {
+        "/v1/{name=licenses/*/integrations/*}:sync",
+        "/v1/{name=licenses/*/integrations/*}:test",
+    }
+
+
+def test_rate_limits_come_from_settings_and_validate(pki: DevPki) -> None:
+    settings = Settings(
+        edge_rate_public_burst=4,
+        edge_rate_public_tokens_per_fill=2,
+        edge_rate_public_fill_seconds=0.5,
+        edge_rate_regulatory_burst=1,
+        edge_rate_regulatory_tokens_per_fill=1,
+        edge_rate_regulatory_fill_seconds=7.25,
+        edge_rate_max_partners=50,
+    )
+    text = _render(pki, rate_limits=EdgeRateLimits.from_settings(settings))
+    limiter = _filter(_hcm(text), "envoy.filters.http.local_ratelimit")
+    assert _buckets(limiter) == {
+        "public": {"max_tokens": 4, "tokens_per_fill": 2, "fill_interval": "0.5s"},
+        "regulatory": {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "7.25s"},
+    }
+    assert limiter["max_dynamic_descriptors"] == 50
+    validate_envoy_config(text)
+
+
+def test_rate_limits_without_special_classes_validate(pki: DevPki) -> None:
+    only_public = EdgeRateLimits(
+        default=RouteClass("public", max_tokens=5, tokens_per_fill=1, fill_interval=1)
+    )
+    text = _render(pki, rate_limits=only_public)
+    limiter = _filter(_hcm(text), "envoy.filters.http.local_ratelimit")
+    (rate_limit,) = limiter["rate_limits"]
+    assert rate_limit["actions"][0]["header_value_match"]["headers"] == [
+        {"name": ":path", "present_match": True}
+    ]
+    assert list(_buckets(limiter)) == ["public"]
+    validate_envoy_config(text)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_tokens": 0, "tokens_per_fill": 1, "fill_interval": 1},
+        {"max_tokens": 1, "tokens_per_fill": 0, "fill_interval": 1},
+        {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": 0.01},
+    ],
+)
+def test_route_class_refuses_bad_buckets(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="rate limit class"):
+        RouteClass("x", **kwargs)

@@ -34,10 +34,14 @@ EXPECTED_CODES: dict[type[e.DomainError], int] = {
     e.InsufficientQuantity: 9,
     e.MassBalanceViolation: 9,
     e.LabTestingRequired: 9,
+    e.CredentialsMissing: 16,
+    e.CredentialsInvalid: 16,
+    e.PermissionDenied: 7,
     e.LicenseNotPermitted: 9,
     e.RemoteRejected: 9,
     e.NotImplementedYet: 12,
     e.DependencyUnavailable: 14,
+    e.RateLimited: 8,
 }
 
 EXPECTED_REASONS: dict[type[e.DomainError], str] = {
@@ -58,10 +62,14 @@ EXPECTED_REASONS: dict[type[e.DomainError], str] = {
     e.InsufficientQuantity: "INSUFFICIENT_QUANTITY",
     e.MassBalanceViolation: "MASS_BALANCE_VIOLATION",
     e.LabTestingRequired: "LAB_TESTING_REQUIRED",
+    e.CredentialsMissing: "CREDENTIALS_MISSING",
+    e.CredentialsInvalid: "CREDENTIALS_INVALID",
+    e.PermissionDenied: "PERMISSION_DENIED",
     e.LicenseNotPermitted: "LICENSE_NOT_PERMITTED",
     e.RemoteRejected: "REMOTE_REJECTED",
     e.NotImplementedYet: "NOT_IMPLEMENTED",
     e.DependencyUnavailable: "DEPENDENCY_UNAVAILABLE",
+    e.RateLimited: "RATE_LIMITED",
 }
 
 
@@ -215,7 +223,9 @@ def test_invalid_argument_without_violations_has_no_bad_request(cls: type[e.Inva
     assert len(status.details) == 1
 
 
-@pytest.mark.parametrize("cls", [c for c in SUBCLASSES if not issubclass(c, (e.InvalidArgument, e.NotFound))])
+@pytest.mark.parametrize(
+    "cls", [c for c in SUBCLASSES if not issubclass(c, (e.InvalidArgument, e.NotFound, e.RateLimited))]
+)
 def test_other_errors_carry_only_error_info(cls: type[e.DomainError]) -> None:
     status = api_errors.to_status(make(cls))
     assert len(status.details) == 1
@@ -277,3 +287,13 @@ def test_to_grpc_keeps_code_message_and_details() -> None:
     trailers = dict(converted.trailing_metadata)
     decoded = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
     assert decoded == status
+
+
+def test_rate_limited_carries_retry_info_rounded_up_to_the_millisecond() -> None:
+    status = api_errors.to_status(e.RateLimited("slow down", retry_after=1.2341))
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    assert error_info(status).reason == "RATE_LIMITED"
+    (retry,) = details(status, error_details_pb2.RetryInfo)
+    assert isinstance(retry, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToMilliseconds() == 1235
+    assert not details(api_errors.to_status(e.DependencyUnavailable("x")), error_details_pb2.RetryInfo)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -13,8 +14,9 @@ from seedline.type.v1 import esignature_pb2, quantity_pb2
 
 from seedline_server.api.interceptor import current
 from seedline_server.domain import quantity
-from seedline_server.domain.errors import FieldViolation, InvalidArgument
+from seedline_server.domain.errors import DomainError, ESignatureRequired, FieldViolation, InvalidArgument
 from seedline_server.service.context import CallContext, Signature
+from seedline_server.service.identity import Authenticator
 from seedline_server.service.uow import Replay
 
 M = TypeVar("M", bound=Message)
@@ -66,11 +68,50 @@ def replay(scope: str, request: Message, response_type: type[M]) -> Replay[M]:
     )
 
 
-def signature(esig: esignature_pb2.ESignatureInput) -> Signature:
-    """The e-signature of the current caller.
+# Set by the server: re-proves a signer's identity from the e-signature's credential.
+_signatures: SignatureVerifier | None = None
 
-    The signer is the authenticated principal of the call. Re-proving identity with
-    ``credential`` (a fresh token or signing credential) belongs to the identity layer; until it
-    exists the contract's validation only guarantees the credential is present.
+
+class SignatureVerifier:
+    """Checks that an e-signature's credential proves the caller's own identity, freshly."""
+
+    def __init__(self, authenticator: Authenticator, max_age_seconds: float) -> None:
+        self._auth = authenticator
+        self._max_age = max_age_seconds
+
+    async def verify(self, credential: str, caller: str) -> None:
+        """Raise ESIGNATURE_REQUIRED unless ``credential`` freshly authenticates as ``caller``.
+
+        A JWT must have been issued within the allowed age.
+        """
+        try:
+            signer = await self._auth.bearer(credential)
+        except DomainError as exc:
+            raise ESignatureRequired("the signature credential does not prove your identity") from exc
+        if signer.principal.name != caller:
+            raise ESignatureRequired(
+                "the signature credential proves another identity than the caller's",
+                metadata={"caller": caller},
+            )
+        if signer.issued_at is not None and time.time() - signer.issued_at > self._max_age:
+            raise ESignatureRequired(
+                f"the signature credential is older than {int(self._max_age)} s; sign with a fresh one"
+            )
+
+
+def use_signatures(verifier: SignatureVerifier | None) -> None:
+    """Install the verifier (the server does at start; None disables re-proving, for unit tests)."""
+    global _signatures
+    _signatures = verifier
+
+
+async def signature(esig: esignature_pb2.ESignatureInput) -> Signature:
+    """The e-signature of the current caller, after its credential re-proved the caller's identity.
+
+    The signer is the authenticated principal of the call; ``credential`` must be a fresh bearer
+    credential (a JWT issued moments ago, a session token or API key) of that same principal.
     """
-    return Signature(signer=current().principal.name, meaning=esig.meaning, reason=esig.reason)
+    caller = current().principal.name
+    if _signatures is not None:
+        await _signatures.verify(esig.credential, caller)
+    return Signature(signer=caller, meaning=esig.meaning, reason=esig.reason)

@@ -1,9 +1,14 @@
-"""The one map from domain errors to ``google.rpc.Status`` (code, ErrorInfo, BadRequest, ResourceInfo)."""
+"""The one map from domain errors to ``google.rpc.Status`` (code, ErrorInfo, and details).
+
+Details beyond ErrorInfo: BadRequest, ResourceInfo or RetryInfo where they apply.
+"""
 
 from __future__ import annotations
 
+import math
+
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -21,6 +26,10 @@ _CODES: list[tuple[type[e.DomainError], int]] = [
     (e.FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (e.NotImplementedYet, code_pb2.UNIMPLEMENTED),
     (e.DependencyUnavailable, code_pb2.UNAVAILABLE),
+    (e.CredentialsMissing, code_pb2.UNAUTHENTICATED),
+    (e.CredentialsInvalid, code_pb2.UNAUTHENTICATED),
+    (e.PermissionDenied, code_pb2.PERMISSION_DENIED),
+    (e.RateLimited, code_pb2.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -54,6 +63,11 @@ def to_status(exc: e.DomainError) -> status_pb2.Status:
                 )
             )
         )
+    if isinstance(exc, e.RateLimited):
+        delay = duration_pb2.Duration()
+        # Whole milliseconds, rounded up: retrying at the advertised time must succeed.
+        delay.FromMilliseconds(math.ceil(exc.retry_after * 1000))
+        status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status
 
 

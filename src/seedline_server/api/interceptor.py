@@ -1,10 +1,13 @@
 """The one server interceptor every RPC passes through.
 
-For each call it (1) establishes the principal, trusting Envoy's ``x-forwarded-client-cert``
-only on the edge listener that Envoy alone reaches, (2) validates the request against the
-contract's ``buf.validate`` rules, (3) maps domain errors to rich statuses and anything
-unexpected to a logged INTERNAL. New RPCs cannot bypass it: it wraps whatever handler the server
-resolves.
+For each call it (1) authenticates the caller: a bearer credential (JWT, API key or session
+token), or the client certificate Envoy forwards in ``x-forwarded-client-cert`` (trusted only on
+the edge listener that Envoy alone reaches); (2) authorizes it against the RPC's access rule
+declared in the contract (``seedline.type.v1.access``) before anything is looked up, so a caller
+without a grant on the license named learns nothing about the resource (AIP-193); (3) validates
+the request against the contract's ``buf.validate`` rules; (4) maps domain errors to rich statuses
+and anything unexpected to a logged INTERNAL. New RPCs cannot bypass it: it wraps whatever handler
+the server resolves, and an RPC without an access rule is refused.
 """
 
 from __future__ import annotations
@@ -19,14 +22,26 @@ import grpc
 import protovalidate
 import structlog
 from google.protobuf.message import Message
+from seedline.type.v1 import access_pb2
 
 from seedline_server.api import errors as api_errors
-from seedline_server.domain.errors import DomainError, FieldViolation, InvalidArgument
+from seedline_server.api.ratelimit import TokenBuckets
+from seedline_server.domain.errors import (
+    CredentialsInvalid,
+    CredentialsMissing,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+)
 from seedline_server.service.context import ANONYMOUS, CallContext, Principal
+from seedline_server.service.identity import NOBODY, Authenticator, Identity
 
 log = structlog.get_logger("seedline.rpc")
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("seedline_call")
+_identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("seedline_identity", default=NOBODY)
+_LICENSE = re.compile(r"^licenses/([^/]+)(/|$)")
 _validator = protovalidate.Validator()  # type: ignore[no-untyped-call]
 _PARTNER_URI = re.compile(r"^spiffe://seedline\.dev/partner/([A-Za-z0-9._-]{1,64})$")
 XFCC = "x-forwarded-client-cert"
@@ -35,6 +50,60 @@ XFCC = "x-forwarded-client-cert"
 def current() -> CallContext:
     """The context of the RPC being served."""
     return _current.get()
+
+
+def identity() -> Identity:
+    """The authenticated caller of the RPC being served (anonymous outside a call)."""
+    return _identity.get()
+
+
+def require(permission: str, license_id: str | None) -> None:
+    """Raise PERMISSION_DENIED unless the caller holds ``permission`` on ``license_id``.
+
+    For handlers whose rule cannot be decided from the request alone (e.g. the target license of
+    a transfer): call it before revealing anything about the resource.
+    """
+    who = identity()
+    if who.anonymous:
+        raise CredentialsMissing("this call needs credentials")
+    if not who.grants.allows(permission, license_id):
+        where = f"licenses/{license_id}" if license_id else "every license"
+        raise PermissionDenied(
+            f"{who.principal.name} may not {permission} on {where}",
+            metadata={"permission": permission, "license": where},
+        )
+
+
+def license_of(request: Message, field_path: str) -> str | None:
+    """The license id named by ``field_path`` of the request (``licenses/{id}/...``), or None."""
+    value: Any = request
+    for part in field_path.split("."):
+        value = getattr(value, part, "")
+    match = _LICENSE.match(value) if isinstance(value, str) else None
+    if match is None or match.group(1) == "-":
+        return None
+    return match.group(1)
+
+
+def authorize(rule: access_pb2.AccessRule | None, request: Message) -> None:
+    """Enforce an RPC's access rule for the current caller (see the module docstring)."""
+    if rule is None:
+        raise PermissionDenied("this RPC declares no access rule; it is refused")
+    if rule.scope == access_pb2.ACCESS_SCOPE_PUBLIC:
+        return
+    if identity().anonymous:
+        raise CredentialsMissing("this call needs credentials: a bearer token or a client certificate")
+    if rule.scope == access_pb2.ACCESS_SCOPE_AUTHENTICATED:
+        # The handler narrows to the caller's grants; the caller must hold the permission somewhere.
+        grants = identity().grants
+        if rule.permission and not any(grants.allows(rule.permission, lic) for lic in grants.licenses()):
+            require(rule.permission, None)
+        return
+    if rule.scope == access_pb2.ACCESS_SCOPE_GLOBAL:
+        require(rule.permission, None)
+        return
+    field = rule.license_field or ("parent" if request.DESCRIPTOR.fields_by_name.get("parent") else "name")
+    require(rule.permission, license_of(request, field))
 
 
 def _split_unquoted(text: str, sep: str) -> list[str]:
@@ -80,14 +149,18 @@ def principal_from(metadata: dict[str, str], *, trust_forwarded: bool) -> Princi
     """
     if trust_forwarded and (value := metadata.get(XFCC)):
         uri = _xfcc_uri(value)
-        if match := _PARTNER_URI.match(uri):
+        if match := _PARTNER_URI.fullmatch(uri):
             return Principal(name=f"partners/{match.group(1)}", kind="PARTNER_CERTIFICATE", detail=uri)
     return ANONYMOUS
 
 
 def violations_of(request: Message) -> list[FieldViolation]:
     """The contract's validation violations of ``request`` as dotted field paths."""
-    found = _validator.collect_violations(request)
+    try:
+        found = _validator.collect_violations(request)
+    except Exception as exc:  # a rule could not be evaluated on this input (e.g. double("d"))
+        log.info("validation rule failed to evaluate", error=str(exc))
+        return [FieldViolation("(request)", f"the request could not be validated: {type(exc).__name__}")]
     out = []
     for violation in found:
         proto = violation.proto
@@ -131,8 +204,47 @@ def validate(request: Message) -> None:
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """Identity, validation and error mapping for every unary and server-streaming RPC."""
 
-    def __init__(self, *, trust_forwarded: bool) -> None:
+    def __init__(
+        self,
+        *,
+        trust_forwarded: bool,
+        authenticator: Authenticator | None = None,
+        rules: dict[str, access_pb2.AccessRule] | None = None,
+        limits: TokenBuckets | None = None,
+    ) -> None:
         self._trust_forwarded = trust_forwarded
+        self._limits = limits
+        self._auth = authenticator
+        self._rules = rules
+
+    async def _authenticate(self, metadata: dict[str, str], principal: Principal) -> Identity:
+        """The caller's identity: a bearer credential wins over a forwarded certificate."""
+        header = metadata.get("authorization", "")
+        if self._auth is None:
+            return Identity(principal, NOBODY.grants)
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise CredentialsInvalid("the credential is not valid")
+            return await self._auth.bearer(token.strip())
+        if principal.kind == "PARTNER_CERTIFICATE":
+            return self._auth.partner(principal)
+        return NOBODY
+
+    async def _admit(self, request: Message, ctx: CallContext, metadata: dict[str, str]) -> None:
+        rule = self._rules.get(ctx.method) if self._rules is not None else None
+        try:
+            who = await self._authenticate(metadata, ctx.principal)
+        except CredentialsInvalid:
+            if rule is None or rule.scope != access_pb2.ACCESS_SCOPE_PUBLIC:
+                raise
+            who = NOBODY  # public RPCs treat a bad credential as none ("who am I" says anonymous)
+        _identity.set(who)
+        _current.set(CallContext(principal=who.principal, method=ctx.method, request_id=ctx.request_id))
+        if self._limits is not None:
+            self._limits.check(who.principal.name)  # per principal (RESOURCE_EXHAUSTED + RetryInfo)
+        if self._rules is not None:
+            authorize(rule, request)
 
     async def intercept_service(
         self,
@@ -153,13 +265,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, ctx),
+                self._unary(handler.unary_unary, ctx, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._server_stream(handler.unary_stream, ctx),
+                self._server_stream(handler.unary_stream, ctx, metadata),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -176,11 +288,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             status = api_errors.internal_status(ctx.request_id)
         await context.abort_with_status(api_errors.to_grpc(status))
 
-    def _unary(self, inner: Any, ctx: CallContext) -> Any:
+    def _unary(self, inner: Any, ctx: CallContext, metadata: dict[str, str]) -> Any:
         async def behavior(request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             token = _current.set(ctx)
+            who = _identity.set(NOBODY)
             started = time.perf_counter()
             try:
+                await self._admit(request, ctx, metadata)
                 validate(request)
                 return await inner(request, context)
             except Exception as exc:
@@ -188,17 +302,20 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 await self._fail(context, ctx, exc)
             finally:
+                _identity.reset(who)
                 _current.reset(token)
                 log.debug("rpc", method=ctx.method, ms=round((time.perf_counter() - started) * 1000, 2))
 
         return behavior
 
-    def _server_stream(self, inner: Any, ctx: CallContext) -> Any:
+    def _server_stream(self, inner: Any, ctx: CallContext, metadata: dict[str, str]) -> Any:
         async def behavior(
             request: Message, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             token = _current.set(ctx)
+            who = _identity.set(NOBODY)
             try:
+                await self._admit(request, ctx, metadata)
                 validate(request)
                 async for item in inner(request, context):
                     yield item
@@ -207,6 +324,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 await self._fail(context, ctx, exc)
             finally:
+                _identity.reset(who)
                 _current.reset(token)
 
         return behavior

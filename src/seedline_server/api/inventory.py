@@ -249,7 +249,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def DeleteLot(self, request: pb.DeleteLotRequest, context: Ctx) -> pb.Lot:
         license_id, lot_id = names.child(request.name, "lots")
         if request.confirm:
-            signed = signature(request.esignature)
+            signed = await signature(request.esignature)
 
             async def confirm(uow: UnitOfWork) -> pb.Lot:
                 row = await inventory.confirm_destruction(uow, license_id, lot_id, signed, request.etag)

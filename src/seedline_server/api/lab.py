@@ -323,7 +323,7 @@ class LabServicer(lab_pb2_grpc.LabResultServiceServicer):
     async def VoidLabResult(self, request: pb.VoidLabResultRequest, context: Ctx) -> pb.LabResult:
         license_id, result_id = names.child(request.name, "labResults")
         if request.confirm:
-            signed = signature(request.esignature)
+            signed = await signature(request.esignature)
 
             async def confirm(uow: UnitOfWork) -> pb.LabResult:
                 return result_pb(await lab.confirm_void(uow, license_id, result_id, signed, request.etag))

@@ -190,7 +190,7 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
     async def DeletePlant(self, request: pb.DeletePlantRequest, context: Ctx) -> pb.Plant:
         license_id, plant_id = names.child(request.name, "plants")
         if request.confirm:
-            signed = signature(request.esignature)
+            signed = await signature(request.esignature)
 
             async def confirm(uow: UnitOfWork) -> pb.Plant:
                 row = await plants.confirm_destruction(uow, license_id, plant_id, signed, request.etag)

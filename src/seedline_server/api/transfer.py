@@ -13,7 +13,13 @@ from seedline.transfer.v1 import transfer_pb2_grpc
 
 from seedline_server.api import names
 from seedline_server.api.convert import call, dt, parse_quantity, replay, signature, to_quantity, ts
-from seedline_server.domain.errors import FieldViolation, InvalidUpdateMask, ReferenceInvalid
+from seedline_server.api.interceptor import identity
+from seedline_server.domain.errors import (
+    FieldViolation,
+    InvalidUpdateMask,
+    PermissionDenied,
+    ReferenceInvalid,
+)
 from seedline_server.domain.quantity import Quantity, Unit, dimension_of
 from seedline_server.service import transfers
 from seedline_server.service.registry import get_license
@@ -122,6 +128,32 @@ def _new_item(source_license_id: str, item: pb.TransferItem, field: str) -> tran
     )
 
 
+async def _party(
+    uow: UnitOfWork, source_license_id: str, transfer_id: str, permission: str, *, source: bool
+) -> None:
+    """PERMISSION_DENIED unless the caller is a party holding ``permission``.
+
+    A party is the source license (when ``source``) or the target license of a committed
+    transfer. The answer is the same whether or not the transfer exists.
+    """
+    who = identity()
+    if source and who.grants.allows(permission, source_license_id):
+        return
+    row = await uow.session.get(models.Transfer, transfer_id)
+    if (
+        row is not None
+        and row.source_license_id == source_license_id
+        and row.commit_signature is not None
+        and who.grants.allows(permission, row.target_license_id)
+    ):
+        return
+    where = transfers.transfer_name(source_license_id, transfer_id)
+    raise PermissionDenied(
+        f"{who.principal.name} may not {permission} on {where}",
+        metadata={"permission": permission, "resource": where},
+    )
+
+
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     """Implements seedline.transfer.v1.TransferService."""
 
@@ -149,6 +181,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         lic, tid = names.child(request.name, "transfers")
 
         async def run(uow: UnitOfWork) -> pb.Transfer:
+            await _party(uow, lic, tid, "transfer.read", source=True)
             return transfer_pb(await transfers.get_transfer(uow, lic, tid))
 
         return await self._db.read(call(), run)
@@ -260,7 +293,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
 
     async def CommitTransfer(self, request: pb.CommitTransferRequest, context: Ctx) -> pb.Transfer:
         lic, tid = names.child(request.name, "transfers")
-        signed = signature(request.esignature)
+        signed = await signature(request.esignature)
 
         async def run(uow: UnitOfWork) -> pb.Transfer:
             return transfer_pb(await transfers.commit(uow, lic, tid, signed, request.etag, encode))
@@ -292,6 +325,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         ]
 
         async def run(uow: UnitOfWork) -> pb.Transfer:
+            await _party(uow, lic, tid, "transfer.receive", source=False)
             view = await transfers.accept(
                 uow, lic, tid, received, section_license, section_id, request.etag, encode
             )
@@ -305,6 +339,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         lic, tid = names.child(request.name, "transfers")
 
         async def run(uow: UnitOfWork) -> pb.Transfer:
+            await _party(uow, lic, tid, "transfer.receive", source=False)
             return transfer_pb(await transfers.reject(uow, lic, tid, request.reason, request.etag, encode))
 
         return await self._db.write(

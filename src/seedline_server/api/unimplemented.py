@@ -18,7 +18,6 @@ from seedline_server.domain.errors import NotImplementedYet
 # Which issue brings each service, for the message.
 _LANDS_WITH = {
     "seedline.auth.v1.AuthService": "the identity work (issue #5)",
-    "seedline.audit.v1.AuditService": "the identity work (issue #5)",
     "seedline.integration.v1.IntegrationService": "the integrations work (issue #6)",
     "seedline.telemetry.v1.TelemetryService": "the telemetry work (issue #7)",
 }

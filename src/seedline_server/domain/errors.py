@@ -171,10 +171,40 @@ class NotImplementedYet(DomainError):
     reason = "NOT_IMPLEMENTED"
 
 
+class CredentialsMissing(DomainError):
+    """The RPC needs an authenticated caller and none was presented."""
+
+    reason = "CREDENTIALS_MISSING"
+
+
+class CredentialsInvalid(DomainError):
+    """The credential presented is invalid, expired or revoked (no hint which)."""
+
+    reason = "CREDENTIALS_INVALID"
+
+
+class PermissionDenied(DomainError):
+    """The caller holds no grant for this on the license named (before any lookup: AIP-193)."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class DependencyUnavailable(DomainError):
     """The database or a remote system is unreachable."""
 
     reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class RateLimited(DomainError):
+    """The caller used up its request budget; ``retry_after`` seconds until the next request is admitted."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(
+        self, message: str, *, retry_after: float = 0.0, metadata: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after = max(0.0, retry_after)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ def decode_token(token: str, query: dict[str, str]) -> str | None:
     """
     if not token:
         return None
+    if len(token) > 1024:  # what the contract admits; also bounds the JSON decoder's nesting
+        raise InvalidPageToken("page_token is malformed")
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         key, fingerprint = str(data["k"]), str(data["q"])

@@ -240,14 +240,22 @@ async def list_lots(
     return await list_page(uow, stmt, lot.id, size, token, query)
 
 
+def _ulid_prefix(t: datetime) -> str:
+    """The 10-character time prefix of ULIDs of ``t``'s millisecond (clamped to the ULID range)."""
+    ms = min(max(int(t.timestamp() * 1000), 0), 2**48 - 1)
+    return str(ULID.from_timestamp(ms / 1000))[:10]
+
+
 def _ulid_floor(t: datetime) -> str:
-    """The smallest ULID of ``t``'s millisecond."""
-    return str(ULID.from_timestamp(int(t.timestamp() * 1000) / 1000))[:10] + "0" * 16
+    """The smallest ULID of ``t``'s millisecond (times before 1970: the smallest ULID)."""
+    return _ulid_prefix(t) + "0" * 16
 
 
 def _ulid_ceiling(t: datetime) -> str:
     """A bound above every ULID of ``t``'s millisecond (exclusive upper bound for the range)."""
-    return str(ULID.from_timestamp(int(t.timestamp() * 1000) / 1000))[:10] + "Z" * 16
+    if t.timestamp() < 0:
+        return "0" * 26  # no lot was created before 1970
+    return _ulid_prefix(t) + "Z" * 16
 
 
 async def lock_lots(uow: UnitOfWork, license_id: str, lot_ids: Sequence[str]) -> dict[str, models.Lot]:

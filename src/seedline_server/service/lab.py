@@ -108,7 +108,7 @@ async def list_metrics(
         try:
             sort, name, mid = json.loads(after)
             key = (int(sort), str(name), str(mid))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidPageToken("page_token is malformed") from exc
         stmt = stmt.where(tuple_(m.type_sort, m.display_name, m.id) > tuple_(*key))
     rows = list(

@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
+from seedline_server.crypto import REDACTED, is_secret_column
 from seedline_server.domain import paging
 from seedline_server.domain.errors import (
     AlreadyExists,
@@ -38,9 +39,12 @@ def check_etag(given: str, row_id: str, version: int) -> None:
 
 
 def snapshot(row: models.Base) -> dict[str, Any]:
-    """A JSON-able dict of a row's columns for audit before/after."""
+    """A JSON-able dict of a row's columns for audit before/after; secret columns read ``***``."""
     out: dict[str, Any] = {}
     for column in row.__table__.columns:
+        if is_secret_column(column.info):  # mapped_column(..., info={"secret": True})
+            out[column.key] = REDACTED
+            continue
         value = getattr(row, column.key)
         out[column.key] = str(value) if isinstance(value, Decimal) else value
     return out

@@ -2,11 +2,17 @@
 
 Every mutation runs inside :meth:`UnitOfWork.run`: the change, the hash-chained audit event and
 the stored first response (AIP-155) commit together or not at all.
+
+Each license has its own audit chain (events without a license form one more). ``audit()`` only
+records an event; :meth:`UnitOfWork.chain_audit`, called by :class:`Database` just before the
+commit, takes the per-license advisory locks *in sorted order*, reads each chain head once and
+appends the events. Locking in one order at the end means two transactions touching the same
+licenses (a transfer accept writes to both sides) can never deadlock on the chain locks, and a
+chain is locked only for the last moment of a transaction, not while its use case runs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ulid import ULID
 
+from seedline_server.domain.audit import GENESIS_HASH, chain_document, event_hash, lock_key
 from seedline_server.domain.errors import DependencyUnavailable, RequestIdReused
 from seedline_server.service.context import CallContext
 from seedline_server.store import models
@@ -25,9 +32,7 @@ from seedline_server.store import models
 T = TypeVar("T")
 R = TypeVar("R")
 
-GENESIS_HASH = "0" * 64
-# One chain for the whole database: appends serialise on this advisory lock (held to commit).
-_AUDIT_LOCK_KEY = 0x5EED_A0D1
+__all__ = ["GENESIS_HASH", "Database", "Replay", "UnitOfWork", "new_id", "now"]
 # SQLSTATEs of transactions PostgreSQL rolled back to break a conflict: safe to run again.
 _RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 _ATTEMPTS = 3
@@ -51,9 +56,16 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def audit_hash(prev_hash: str, event: dict[str, Any]) -> str:
-    """SHA-256 over the previous hash and the event's canonical JSON."""
-    return hashlib.sha256((prev_hash + _canonical(event)).encode()).hexdigest()
+@dataclass
+class _Pending:
+    """An audit event recorded by a use case, chained at commit."""
+
+    id: str
+    license_id: str | None
+    resource: str
+    action: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -76,9 +88,10 @@ class UnitOfWork:
         # Strong references to rows loaded alongside others (e.g. a lot's product): the session's
         # identity map is weak, and keeping them lets later ``session.get`` calls skip a query.
         self.pinned: list[object] = []
-        # The chain head once this transaction holds the chain lock: later appends in the same
-        # transaction chain onto it without another lock or lookup.
-        self._head: str | None = None
+        # Events recorded by ``audit()``, chained at commit by ``chain_audit()``.
+        self._pending: list[_Pending] = []
+        # (sequence, hash) of each chain head this transaction has locked and extended.
+        self._heads: dict[str | None, tuple[int, str]] = {}
 
     async def audit(
         self,
@@ -89,50 +102,80 @@ class UnitOfWork:
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
     ) -> str:
-        """Append a hash-chained audit event for this call; returns its id."""
-        if self._head is None:
-            await self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
-            prev = await self.session.scalar(
-                select(models.AuditEvent.hash).order_by(models.AuditEvent.seq.desc()).limit(1)
-            )
-            self._head = prev or GENESIS_HASH
+        """Record a hash-chained audit event for this call (appended at commit); returns its id."""
         event_id = new_id()
-        event_time = now()
-        content = {
-            "id": event_id,
-            "license_id": license_id,
-            "event_time": event_time.isoformat(),
-            "principal": self.ctx.principal.name,
-            "method": self.ctx.method,
-            "resource": resource,
-            "action": action,
-            "before": before,
-            "after": after,
-            "request_id": self.ctx.request_id,
-        }
-        prev_hash = self._head
         # Round-trip through JSON so what is hashed is exactly what JSONB stores.
-        before_j = json.loads(_canonical(before)) if before is not None else None
-        after_j = json.loads(_canonical(after)) if after is not None else None
-        self.session.add(
-            models.AuditEvent(
+        self._pending.append(
+            _Pending(
                 id=event_id,
                 license_id=license_id,
-                event_time=event_time,
-                principal=self.ctx.principal.name,
-                method=self.ctx.method,
                 resource=resource,
                 action=action,
-                before=before_j,
-                after=after_j,
-                request_id=self.ctx.request_id,
-                prev_hash=prev_hash,
-                hash=(head := audit_hash(prev_hash, content)),
+                before=json.loads(_canonical(before)) if before is not None else None,
+                after=json.loads(_canonical(after)) if after is not None else None,
             )
         )
-        self._head = head
         self.audit_ids.append(event_id)
         return event_id
+
+    async def chain_audit(self) -> None:
+        """Append the recorded events to their chains; the locks are held until commit.
+
+        Chains not yet locked by this transaction are locked in sorted order (the license-less
+        chain first), so concurrent transactions always queue in the same order.
+        """
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        new = sorted({p.license_id for p in pending} - self._heads.keys(), key=lambda x: (x is not None, x))
+        for license_id in new:
+            await self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(license_id)})
+            ev = models.AuditEvent
+            head = (
+                await self.session.execute(
+                    select(ev.sequence, ev.hash)
+                    .where(ev.license_id.is_(None) if license_id is None else ev.license_id == license_id)
+                    .order_by(ev.sequence.desc())
+                    .limit(1)
+                )
+            ).first()
+            self._heads[license_id] = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
+        for p in pending:
+            last_sequence, previous_hash = self._heads[p.license_id]
+            row = models.AuditEvent(
+                id=p.id,
+                license_id=p.license_id,
+                sequence=last_sequence + 1,
+                event_time=now(),
+                principal=self.ctx.principal.name,
+                method=self.ctx.method,
+                resource=p.resource,
+                action=p.action,
+                before=p.before,
+                after=p.after,
+                request_id=self.ctx.request_id,
+                prev_hash=previous_hash,
+                hash="",
+            )
+            row.hash = event_hash(
+                chain_document(
+                    id=row.id,
+                    license_id=row.license_id,
+                    sequence=row.sequence,
+                    event_time=row.event_time,
+                    principal=row.principal,
+                    request_id=row.request_id,
+                    method=row.method,
+                    resource=row.resource,
+                    action=row.action,
+                    before=row.before,
+                    after=row.after,
+                    previous_hash=previous_hash,
+                )
+            )
+            self.session.add(row)
+            self._heads[p.license_id] = (row.sequence, row.hash)
+        await self.session.flush()
 
 
 class Database:
@@ -187,7 +230,9 @@ class Database:
         async with self._sessions() as session, session.begin():
             uow = UnitOfWork(session, ctx)
             if replay is None or not ctx.request_id:
-                return await fn(uow)
+                result = await fn(uow)
+                await uow.chain_audit()
+                return result
             stored = await session.get(models.IdempotencyKey, (replay.scope, ctx.request_id))
             if stored is not None:
                 if stored.fingerprint != replay.fingerprint:
@@ -197,6 +242,7 @@ class Database:
                     )
                 return replay.decode(stored.response)
             result = await fn(uow)
+            await uow.chain_audit()
             session.add(
                 models.IdempotencyKey(
                     scope=replay.scope,

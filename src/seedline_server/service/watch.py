@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -115,7 +116,7 @@ class TransferFeed:
     async def start_after(self, resume_token: str, since: datetime | None) -> int:
         """The seq to replay after, from a resume token, a start time, or now."""
         if resume_token:
-            if not resume_token.isdigit() or int(resume_token) > await self.head():
+            if not re.fullmatch(r"[0-9]{1,18}", resume_token) or int(resume_token) > await self.head():
                 raise InvalidArgument(
                     "resume_token is not a token this server issued; "
                     "re-read with ListTransfers and watch from now",

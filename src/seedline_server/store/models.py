@@ -395,12 +395,22 @@ class Session(Base):
 
 
 class AuditEvent(Base):
-    """Append-only, hash-chained record of every mutation."""
+    """Append-only, hash-chained record of every mutation: one chain per license.
+
+    ``sequence`` counts a license's events from 1 without gaps (events without a license form
+    their own chain); ``seq`` is the global insertion order, storage only.
+    """
 
     __tablename__ = "audit_events"
+    __table_args__ = (
+        UniqueConstraint(
+            "license_id", "sequence", name="uq_audit_events_chain", postgresql_nulls_not_distinct=True
+        ),
+    )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(ULID, unique=True)
-    license_id: Mapped[str | None] = mapped_column(ULID, index=True)
+    license_id: Mapped[str | None] = mapped_column(ULID)
+    sequence: Mapped[int] = mapped_column(BigInteger)
     event_time: Mapped[datetime]
     principal: Mapped[str] = mapped_column(Text)
     method: Mapped[str] = mapped_column(Text)

@@ -134,7 +134,8 @@ class TransferServiceServicer:
 
     def GetTransfer(self, request, context):
         """Returns one transfer. Both the source and the target license may read it (the target only
-        once it is committed).
+        once it is committed): `transfer.read` on either, else PERMISSION_DENIED whether or not the
+        transfer exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

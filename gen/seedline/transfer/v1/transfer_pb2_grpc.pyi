@@ -49,7 +49,8 @@ class TransferServiceStub:
     """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.Transfer]
     """Returns one transfer. Both the source and the target license may read it (the target only
-    once it is committed).
+    once it is committed): `transfer.read` on either, else PERMISSION_DENIED whether or not the
+    transfer exists.
     """
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.ListTransfersRequest, _transfer_pb2.ListTransfersResponse]
     """Lists a license's outgoing transfers (those it is the source of), ordered by id."""
@@ -127,7 +128,8 @@ class TransferServiceAsyncStub(TransferServiceStub):
     """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.Transfer]  # type: ignore[assignment]
     """Returns one transfer. Both the source and the target license may read it (the target only
-    once it is committed).
+    once it is committed): `transfer.read` on either, else PERMISSION_DENIED whether or not the
+    transfer exists.
     """
     ListTransfers: _aio.UnaryUnaryMultiCallable[_transfer_pb2.ListTransfersRequest, _transfer_pb2.ListTransfersResponse]  # type: ignore[assignment]
     """Lists a license's outgoing transfers (those it is the source of), ordered by id."""
@@ -214,7 +216,8 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_transfer_pb2.Transfer, _abc.Awaitable[_transfer_pb2.Transfer]]:
         """Returns one transfer. Both the source and the target license may read it (the target only
-        once it is committed).
+        once it is committed): `transfer.read` on either, else PERMISSION_DENIED whether or not the
+        transfer exists.
         """
 
     @_abc_1.abstractmethod
