@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from urllib.parse import quote
 
@@ -91,3 +92,32 @@ def test_list_audit_events_over_rest(rest: httpx.Client, channel: grpc.Channel) 
     assert one.json()["hash"] == nxt["auditEvents"][0]["hash"]
     bad = rest.get(f"/v1/{lic}/auditEvents?filter={quote('sequence ~ 1')}")
     assert bad.status_code == 400
+
+
+def test_a_client_recomputes_every_hash_from_the_rest_json(rest: httpx.Client) -> None:
+    """The contract's promise: hash = SHA-256 of the canonical JSON of the event without `hash`."""
+    from seedline_server.domain.audit import GENESIS_HASH, event_hash
+
+    company = rest.post("/v1/companies", json={"displayName": "Hash Check Co"}).json()
+    lic = rest.post(
+        "/v1/licenses",
+        json={
+            "company": company["name"],
+            "licenseNumber": f"HC-{uuid.uuid4().hex[:8]}",
+            "displayName": "Hash Check",
+            "type": "LICENSE_TYPE_GROWER",
+            "jurisdiction": "US-CO",
+            "active": True,
+        },
+    ).json()
+    rest.post(f"/v1/{lic['name']}/sections", json={"displayName": "Vault", "type": "SECTION_TYPE_INVENTORY"})
+    events = rest.get(f"/v1/{lic['name']}/auditEvents").json()["auditEvents"]
+    assert len(events) >= 2
+    previous = GENESIS_HASH
+    for event in events:
+        # proto3 JSON without `hash`, default (empty) fields left out as the canonical form does
+        # (the REST face prints them).
+        body = {k: v for k, v in event.items() if k != "hash" and v not in ("", None)}
+        assert event["previousHash"] == previous
+        assert event_hash(body) == event["hash"], json.dumps(body, sort_keys=True)
+        previous = event["hash"]

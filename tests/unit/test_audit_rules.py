@@ -111,7 +111,8 @@ def test_chain_document_is_the_proto3_json_shape() -> None:
         "principal": "users/alice",
         "method": "/seedline.plant.v1.PlantService/CreatePlant",
         "resource": "licenses/01JD0000000000000000000002/plants/01JD0000000000000000000003",
-        "action": "CREATE",
+        "action": "AUDIT_ACTION_CREATE",
+        "verb": "CREATE",
         "after": {"phase": "CLONE", "count": 1},
         "previousHash": GENESIS_HASH,
     }

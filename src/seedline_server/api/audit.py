@@ -41,6 +41,7 @@ def event_pb(row: models.AuditEvent) -> pb.AuditEvent:
         method=row.method,
         resource=row.resource,
         action=action_number(row.action),  # type: ignore[arg-type]
+        verb=row.action,
         before=_struct(row.before),
         after=_struct(row.after),
         previous_hash=row.prev_hash,

@@ -9,13 +9,13 @@ An event's hash is the SHA-256 (lowercase hex) of the RFC 8785 (JCS) canonical J
 
     {"name": "licenses/{license}/auditEvents/{id}", "id": ..., "sequence": "7",
      "eventTime": "2026-01-02T03:04:05.123456Z", "principal": ..., "requestId": ...,
-     "method": ..., "resource": ..., "action": "PHASE_CHANGED",
-     "before": {...}, "after": {...}, "previousHash": "<64 hex>"}
+     "method": ..., "resource": ..., "action": "AUDIT_ACTION_STATE_CHANGE",
+     "verb": "PHASE_CHANGED", "before": {...}, "after": {...}, "previousHash": "<64 hex>"}
 
 As in proto3 JSON, empty strings and unset ``before``/``after`` are left out; ``name`` is left
-out for events without a license (company creation). One deliberate difference: ``action`` is
-the stored, fine-grained verb (``PHASE_CHANGED``, ``CREATE_BY_TRANSFER``...), not the coarser
-``AuditAction`` enum name the API shows, because the hash must cover every stored column.
+out for events without a license (company creation). ``verb`` is the stored, fine-grained name
+of the change and ``action`` its ``AuditAction`` category, exactly as the API returns them, so a
+client can recompute the hash from an event it read.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def chain_document(
         ("requestId", request_id),
         ("method", method),
         ("resource", resource),
-        ("action", action),
+        ("action", _ACTION_NAMES[action_number(action)] if action else ""),
+        ("verb", action),
     ):
         if text:
             doc[key] = text
@@ -176,6 +177,17 @@ ACTION_RULES: tuple[tuple[str, str, int], ...] = (
     ("prefix", "ACCESS_", 6),
     ("prefix", "REMOTE_", 7),
 )
+
+
+_ACTION_NAMES = {
+    1: "AUDIT_ACTION_CREATE",
+    2: "AUDIT_ACTION_UPDATE",
+    3: "AUDIT_ACTION_DELETE",
+    4: "AUDIT_ACTION_STATE_CHANGE",
+    5: "AUDIT_ACTION_SIGN",
+    6: "AUDIT_ACTION_GRANT",
+    7: "AUDIT_ACTION_REMOTE_SYNC",
+}
 
 
 def action_number(verb: str) -> int:

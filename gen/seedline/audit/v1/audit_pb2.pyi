@@ -106,6 +106,7 @@ class AuditEvent(_message.Message):
     ESIGNATURE_FIELD_NUMBER: _builtins.int
     PREVIOUS_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
+    VERB_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `licenses/{license}/auditEvents/{audit_event}`."""
     id: _builtins.str
@@ -136,6 +137,10 @@ class AuditEvent(_message.Message):
     """SHA-256 of this event, 64 lowercase hex digits: computed over the RFC 8785 (JCS) canonical
     JSON of the event's proto3 JSON form without `hash` (so it covers `previous_hash` and
     `sequence`).
+    """
+    verb: _builtins.str
+    """The server's fine-grained name of the change (e.g. `PHASE_CHANGED`, `CREATE_BY_TRANSFER`);
+    `action` is its category. Covered by `hash` like every other field.
     """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
@@ -174,10 +179,11 @@ class AuditEvent(_message.Message):
         esignature: _esignature_pb2.ESignature | None = ...,
         previous_hash: _builtins.str = ...,
         hash: _builtins.str = ...,
+        verb: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "esignature", b"esignature", "event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "after", b"after", "before", b"before", "esignature", b"esignature", "event_time", b"event_time", "hash", b"hash", "id", b"id", "method", b"method", "name", b"name", "previous_hash", b"previous_hash", "principal", b"principal", "request_id", b"request_id", "resource", b"resource", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "after", b"after", "before", b"before", "esignature", b"esignature", "event_time", b"event_time", "hash", b"hash", "id", b"id", "method", b"method", "name", b"name", "previous_hash", b"previous_hash", "principal", b"principal", "request_id", b"request_id", "resource", b"resource", "sequence", b"sequence", "verb", b"verb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
