@@ -46,6 +46,11 @@ Method:
    Afterwards a grpc.aio probe sends AdjustLot calls with the same concurrency and counts every
    reply exactly; GetLot must then show ``before - successes x 0.0001``.
 
+Authentication: every gRPC client (the registry and mutation set-up, the latency client, the
+grpc.aio probe and h2load) sends ``authorization: Bearer <JWT>``, one admin token minted at start
+with the tests' secret (``tests/support/auth.py``), which the server started through
+``ServerProcess`` trusts.
+
 Caveats: one 2-core machine runs the server, PostgreSQL and the client, so absolute numbers drift
 between runs; compare figures within one run. The trivial RPC's latency includes the Python
 client (sync grpcio, ~0.1-0.3 ms), which the difference column removes. All lots of a part sit
@@ -97,6 +102,7 @@ from seedline_server.store import db
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/: the process launcher and the seeding helper the e2e tests use
 from tests.e2e.test_grpc import make_license  # noqa: E402
+from tests.support import auth  # noqa: E402
 from tests.support.stack import ServerProcess  # noqa: E402
 
 T = TypeVar("T")
@@ -322,9 +328,10 @@ class Series:
 class Client:
     """Sequential calls over one channel with raw bytes: (de)serialisation stays outside the timer."""
 
-    def __init__(self, target: str, meter: Meter) -> None:
+    def __init__(self, target: str, meter: Meter, token: str) -> None:
         self.meter = meter
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 256 << 20)])
+        raw = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 256 << 20)])
+        self.channel = auth.with_bearer(raw, token)
         self.health: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(HEALTH)
         self.list_lots: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(
             INVENTORY + "ListLots"
@@ -943,10 +950,11 @@ def adjust_request(lot: str) -> inv.AdjustLotRequest:
     )
 
 
-async def adjust_probe(target: str, lot: str, conc: int, each: int) -> tuple[int, Counter[str]]:
+async def adjust_probe(target: str, lot: str, conc: int, each: int, token: str) -> tuple[int, Counter[str]]:
     """``conc`` tasks x ``each`` AdjustLot calls; the exact count of OK replies and errors by code."""
     errors: Counter[str] = Counter()
     ok = 0
+    metadata = auth.bearer(token)
     async with grpc.aio.insecure_channel(target) as ch:
         stub = inventory_pb2_grpc.InventoryServiceStub(ch)
 
@@ -954,7 +962,7 @@ async def adjust_probe(target: str, lot: str, conc: int, each: int) -> tuple[int
             nonlocal ok
             for _ in range(each):
                 try:
-                    await stub.AdjustLot(adjust_request(lot), timeout=60)
+                    await stub.AdjustLot(adjust_request(lot), timeout=60, metadata=metadata)
                     ok += 1
                 except grpc.aio.AioRpcError as exc:
                     errors[exc.code().name] += 1
@@ -963,23 +971,24 @@ async def adjust_probe(target: str, lot: str, conc: int, each: int) -> tuple[int
     return ok, errors
 
 
-def measure_mutations(a: argparse.Namespace, server: ServerProcess, pg: Pg, pg_pid: int, work: Path) -> None:
+def measure_mutations(
+    a: argparse.Namespace, server: ServerProcess, pg: Pg, pg_pid: int, work: Path, token: str
+) -> None:
     if server.proc is None:
         raise RuntimeError("the server is not running")
     m = Meter(server.proc.pid, None, pg_pid)
     c, url = a.concurrency, f"http://{server.target}"
-    (work / "health.bin").write_bytes(frame(health_pb2.HealthCheckRequest().SerializeToString()))
+    health = work / "health.bin"
+    health.write_bytes(frame(health_pb2.HealthCheckRequest().SerializeToString()))
     health_size = len(frame(health_pb2.HealthCheckResponse(status=1).SerializeToString()))
-    targets = [
-        h2load_target("trivial: gRPC Health/Check", url + HEALTH, work / "health.bin", health_size, c, m)
-    ]
+    targets = [h2load_target("trivial: gRPC Health/Check", url + HEALTH, health, health_size, c, m, token)]
 
     def add(name: str, method: str, request: bytes, verify: Verify) -> None:
         body = work / f"{len(targets)}.bin"
         body.write_bytes(frame(request))
-        targets.append(h2load_target(name, url + method, body, Sessions(pg, verify), c, m))
+        targets.append(h2load_target(name, url + method, body, Sessions(pg, verify), c, m, token))
 
-    with grpc.insecure_channel(server.target) as ch:
+    with auth.with_bearer(grpc.insecure_channel(server.target), token) as ch:
         setup = setup_mutations(ch)
         plants = plant_pb2_grpc.PlantServiceStub(ch)
         template = pl.Plant(variety=setup.variety, section=setup.crop_section)
@@ -1021,7 +1030,7 @@ def measure_mutations(a: argparse.Namespace, server: ServerProcess, pg: Pg, pg_p
     print("  (for mutations, ok = successes counted in the database: plants created, or the lot's decrease)")
     print_ratios(targets)
     if drained is not None:
-        check_lot(server.target, pg, drained, c)
+        check_lot(server.target, pg, drained, c, token)
 
 
 def print_ratios(targets: list[Target]) -> None:
@@ -1040,9 +1049,9 @@ def print_ratios(targets: list[Target]) -> None:
         print(f"  {t.name:40} {med:6.1%}  ({' '.join(f'{x:.0%}' for x in ratios)})  target: {verdict}{extra}")
 
 
-def check_lot(target: str, pg: Pg, lot: str, conc: int) -> None:
+def check_lot(target: str, pg: Pg, lot: str, conc: int, token: str) -> None:
     """Quantity bookkeeping after the load, then an exact client-side count with grpc.aio."""
-    with grpc.insecure_channel(target) as ch:
+    with auth.with_bearer(grpc.insecure_channel(target), token) as ch:
         stub = inventory_pb2_grpc.InventoryServiceStub(ch)
         final = Decimal(stub.GetLot(inv.GetLotRequest(name=lot)).quantity.value)
         adjustments = int(pg.val("SELECT count(*) FROM lot_adjustments WHERE lot_id = $1", last(lot)))
@@ -1051,7 +1060,7 @@ def check_lot(target: str, pg: Pg, lot: str, conc: int) -> None:
               f"recorded {adjustments} adjustments (lot_adjustments rows) -> expected {expected} g: "
               f"{'equal' if final == expected else 'DIFFERENT'}")  # fmt: skip
         each = 50
-        ok, errors = pg.run(adjust_probe(target, lot, conc, each))
+        ok, errors = pg.run(adjust_probe(target, lot, conc, each, token))
         after = Decimal(stub.GetLot(inv.GetLotRequest(name=lot)).quantity.value)
     want = final - ok * ADJUST_STEP
     verdict = "yes" if after == want else "NO"
@@ -1112,11 +1121,12 @@ def main() -> int:
         print(f"settings  --lots {a.lots:,} --calls {a.calls} --trace-calls {a.trace_calls} "
               f"--concurrency {a.concurrency} --duration {a.duration} --rounds {a.rounds}")  # fmt: skip
         conn = Pg(pg.socket_dir, "seedline_bench")
-        client = Client(server.target, Meter(server.proc.pid, None, pg.pid))
+        token = auth.mint()  # admin on every license; 1 h, longer than a run
+        client = Client(server.target, Meter(server.proc.pid, None, pg.pid), token)
         pgc, cl, srv, pg_pid = conn, client, server, pg.pid
 
         def part_list() -> None:
-            with grpc.insecure_channel(srv.target) as ch:
+            with auth.with_bearer(grpc.insecure_channel(srv.target), token) as ch:
                 reg = make_registry(ch, "BENCH-LIST", products=5, sections=5, varieties=3)
             print(f"  registry through gRPC: {reg.license}, 5 products, 5 inventory sections, 3 varieties")
             loaded = load_bulk(pgc, reg, a.lots, a.seed)
@@ -1131,7 +1141,7 @@ def main() -> int:
             print_plans(pgc, cl, pg_data / "log", bodies)
 
         def part_trace() -> None:
-            with grpc.insecure_channel(srv.target) as ch:
+            with auth.with_bearer(grpc.insecure_channel(srv.target), token) as ch:
                 reg = make_registry(ch, "BENCH-LINEAGE", products=1, sections=1, varieties=1)
             graph = load_graph(pgc, reg, a.seed)
             cl.trivial = Series(cl.trivial.name)
@@ -1144,7 +1154,7 @@ def main() -> int:
 
         section(f"ListLots at {a.lots:,} lots", part_list)
         section("TraceLineage", part_trace)
-        section("mutation throughput", lambda: measure_mutations(a, srv, pgc, pg_pid, work))
+        section("mutation throughput", lambda: measure_mutations(a, srv, pgc, pg_pid, work, token))
         print("\nAbsolute figures drift on a shared machine: compare within one run.")
         return 0
     finally:

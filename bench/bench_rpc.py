@@ -17,6 +17,10 @@ Load generators are C programs, so the client does not eat the server's CPU on a
   Envoy answers itself (404, no upstream) gives the ceiling of curl + Envoy, i.e. shows whether
   the REST figure is bounded by the tool or by the server.
 
+Authentication: the gRPC clients (seeding and h2load) send ``authorization: Bearer <JWT>``, one admin
+token minted at start with the tests' secret (``tests/support/auth.py``; the server started through
+``ServerProcess`` trusts it). REST callers are identified by the partner certificate (an admin).
+
 Every target gets the same load: one connection, ``--concurrency`` requests in flight. Targets are
 measured in alternating rounds so that a neighbour's load hits all of them alike; req/s is the
 median over rounds, ratios the median of per-round ratios, percentiles over all rounds' requests.
@@ -55,6 +59,7 @@ from seedline_server.store import db
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/: the process launcher and the seeding helper the e2e tests use
 from tests.e2e.test_grpc import make_license  # noqa: E402
+from tests.support import auth  # noqa: E402
 from tests.support.stack import EdgeProcess, ServerProcess  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -202,11 +207,16 @@ class ReplySize:
         return (done if full else 0), f"DATA = {done} x {self.size} B framed reply: {full}"
 
 
-def h2load_target(name: str, url: str, body: Path, reply: int | Verify, conc: int, m: Meter) -> Target:
-    """POST the framed request in ``body`` over h2c; ``reply`` is the framed reply size or a check."""
+def h2load_target(
+    name: str, url: str, body: Path, reply: int | Verify, conc: int, m: Meter, token: str | None = None
+) -> Target:
+    """POST the framed request in ``body`` over h2c; ``reply`` is the framed reply size or a check;
+    ``token``: a JWT sent as ``authorization: Bearer`` with every request."""
     verify = ReplySize(reply) if isinstance(reply, int) else reply
     base = ["h2load", "-t", "1", "-c", "1", "-m", str(conc), "-d", str(body)]
     base += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    if token is not None:
+        base += ["-H", f"authorization: Bearer {token}"]
     log = body.with_suffix(".log")
 
     def measure(seconds: float) -> Round:
@@ -261,10 +271,10 @@ def curl_target(name: str, url: str, tls: list[str], expect: tuple[str, int], co
     return Target(name, f"curl --http2 -Z --parallel-max {conc} (1 connection)", measure)
 
 
-def seed(target: str) -> tuple[str, pl.Plant]:
+def seed(target: str, token: str) -> tuple[str, pl.Plant]:
     """One plant (with make_license from the e2e tests), then one real call of each gRPC target
-    with the Python stubs, so the load runs send requests known to succeed."""
-    with grpc.insecure_channel(target) as ch:
+    with the Python stubs, so the load runs send requests known to succeed (with ``token``)."""
+    with auth.with_bearer(grpc.insecure_channel(target), token) as ch:
         license_, section, variety = make_license(ch, "BENCH-1")
         plants = plant_pb2_grpc.PlantServiceStub(ch)
         plant = plants.CreatePlant(
@@ -376,7 +386,8 @@ def main() -> int:
             raise RuntimeError("embedded PostgreSQL reports no pid")
         machine(pg_data)
 
-        name, plant = seed(server.target)
+        token = auth.mint()  # admin on every license; 1 h, far longer than a run
+        name, plant = seed(server.target, token)
         (work / "health.bin").write_bytes(frame(health_pb2.HealthCheckRequest().SerializeToString()))
         (work / "get.bin").write_bytes(frame(pl.GetPlantRequest(name=name).SerializeToString()))
         health_size = len(frame(health_pb2.HealthCheckResponse(status=1).SerializeToString()))
@@ -392,9 +403,9 @@ def main() -> int:
         c, direct = a.concurrency, f"http://{server.target}"
         targets = [
             h2load_target("trivial: gRPC Health/Check (h2c direct)", f"{direct}/grpc.health.v1.Health/Check",
-                          work / "health.bin", health_size, c, m),
+                          work / "health.bin", health_size, c, m, token),
             h2load_target("GetPlant gRPC (h2c direct)", f"{direct}/seedline.plant.v1.PlantService/GetPlant",
-                          work / "get.bin", len(frame(plant.SerializeToString())), c, m),
+                          work / "get.bin", len(frame(plant.SerializeToString())), c, m, token),
             curl_target("GetPlant REST (Envoy, mTLS, JSON)", rest_url, tls, ("200", len(check.stdout)), c, m),
         ]  # fmt: skip
         ceiling = curl_target(
