@@ -1,0 +1,1 @@
+"""Connections to outside systems: connectors, the transactional outbox, its worker and schedules."""
