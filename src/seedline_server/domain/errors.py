@@ -87,6 +87,12 @@ class AlreadyExists(DomainError):
     reason = "ALREADY_EXISTS"
 
 
+class DuplicateEvent(AlreadyExists):
+    """An event pushed by a remote was already received (its event id repeats)."""
+
+    reason = "DUPLICATE_EVENT"
+
+
 class RequestIdReused(DomainError):
     """The request id was used before with a different request body."""
 

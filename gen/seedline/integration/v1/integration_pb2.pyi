@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
@@ -142,6 +143,14 @@ class _WebhookEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookE
     """A plant was created, moved, harvested or destroyed."""
     WEBHOOK_EVENT_SYNC_COMPLETED: _WebhookEvent.ValueType  # 8
     """A sync run of another integration of the license finished (succeeded or failed)."""
+    WEBHOOK_EVENT_LOT_QUARANTINED: _WebhookEvent.ValueType  # 9
+    """A lot was put on hold because a lab result imported from a LIMS did not conform (failed a
+    limit, or the panel was incomplete).
+    """
+    WEBHOOK_EVENT_ALERT_OPENED: _WebhookEvent.ValueType  # 10
+    """A telemetry alert opened (a reading crossed a rule's threshold for the rule's duration)."""
+    WEBHOOK_EVENT_ALERT_CLOSED: _WebhookEvent.ValueType  # 11
+    """A telemetry alert closed (the readings came back within the rule's hysteresis band)."""
 
 class WebhookEvent(_WebhookEvent, metaclass=_WebhookEventEnumTypeWrapper):
     """An event a webhook may subscribe to."""
@@ -164,6 +173,14 @@ WEBHOOK_EVENT_PLANT_UPDATED: WebhookEvent.ValueType  # 7
 """A plant was created, moved, harvested or destroyed."""
 WEBHOOK_EVENT_SYNC_COMPLETED: WebhookEvent.ValueType  # 8
 """A sync run of another integration of the license finished (succeeded or failed)."""
+WEBHOOK_EVENT_LOT_QUARANTINED: WebhookEvent.ValueType  # 9
+"""A lot was put on hold because a lab result imported from a LIMS did not conform (failed a
+limit, or the panel was incomplete).
+"""
+WEBHOOK_EVENT_ALERT_OPENED: WebhookEvent.ValueType  # 10
+"""A telemetry alert opened (a reading crossed a rule's threshold for the rule's duration)."""
+WEBHOOK_EVENT_ALERT_CLOSED: WebhookEvent.ValueType  # 11
+"""A telemetry alert closed (the readings came back within the rule's hysteresis band)."""
 Global___WebhookEvent: _TypeAlias = WebhookEvent  # noqa: Y015
 
 class _SyncScope:
@@ -341,6 +358,80 @@ EXCHANGE_STATUS_TIMEOUT: ExchangeStatus.ValueType  # 3
 EXCHANGE_STATUS_RETRY: ExchangeStatus.ValueType  # 4
 """Failed transiently and is scheduled for another attempt (logged once per attempt)."""
 Global___ExchangeStatus: _TypeAlias = ExchangeStatus  # noqa: Y015
+
+class _DifferenceKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DifferenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DifferenceKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIFFERENCE_KIND_UNSPECIFIED: _DifferenceKind.ValueType  # 0
+    """Not set; as a filter, any kind."""
+    DIFFERENCE_KIND_MISSING_REMOTE: _DifferenceKind.ValueType  # 1
+    """Seedline has the record; the remote does not."""
+    DIFFERENCE_KIND_MISSING_LOCAL: _DifferenceKind.ValueType  # 2
+    """The remote has the record; Seedline does not."""
+    DIFFERENCE_KIND_QUANTITY_MISMATCH: _DifferenceKind.ValueType  # 3
+    """Both have it with different quantities."""
+    DIFFERENCE_KIND_PHASE_MISMATCH: _DifferenceKind.ValueType  # 4
+    """Both have the plant in different growth phases."""
+    DIFFERENCE_KIND_STATUS_MISMATCH: _DifferenceKind.ValueType  # 5
+    """Both have it, but one side has it active and the other finished, destroyed or harvested."""
+
+class DifferenceKind(_DifferenceKind, metaclass=_DifferenceKindEnumTypeWrapper):
+    """What kind of difference a reconciliation found."""
+
+DIFFERENCE_KIND_UNSPECIFIED: DifferenceKind.ValueType  # 0
+"""Not set; as a filter, any kind."""
+DIFFERENCE_KIND_MISSING_REMOTE: DifferenceKind.ValueType  # 1
+"""Seedline has the record; the remote does not."""
+DIFFERENCE_KIND_MISSING_LOCAL: DifferenceKind.ValueType  # 2
+"""The remote has the record; Seedline does not."""
+DIFFERENCE_KIND_QUANTITY_MISMATCH: DifferenceKind.ValueType  # 3
+"""Both have it with different quantities."""
+DIFFERENCE_KIND_PHASE_MISMATCH: DifferenceKind.ValueType  # 4
+"""Both have the plant in different growth phases."""
+DIFFERENCE_KIND_STATUS_MISMATCH: DifferenceKind.ValueType  # 5
+"""Both have it, but one side has it active and the other finished, destroyed or harvested."""
+Global___DifferenceKind: _TypeAlias = DifferenceKind  # noqa: Y015
+
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    """Not set; as a filter, any state."""
+    DELIVERY_STATE_PENDING: _DeliveryState.ValueType  # 1
+    """Waiting for its turn or for its next attempt (see `next_attempt_time`)."""
+    DELIVERY_STATE_IN_FLIGHT: _DeliveryState.ValueType  # 2
+    """A worker is delivering it now."""
+    DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 3
+    """The remote accepted it (or already had it: a retry found the record and did not resend)."""
+    DELIVERY_STATE_DEAD_LETTER: _DeliveryState.ValueType  # 4
+    """Failed for good (a permanent refusal, or every attempt used); kept with its last error until
+    RetryDeadLetters. Later changes of the same record wait behind it, so the remote never sees
+    them out of order.
+    """
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """Where an outbound delivery is."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+"""Not set; as a filter, any state."""
+DELIVERY_STATE_PENDING: DeliveryState.ValueType  # 1
+"""Waiting for its turn or for its next attempt (see `next_attempt_time`)."""
+DELIVERY_STATE_IN_FLIGHT: DeliveryState.ValueType  # 2
+"""A worker is delivering it now."""
+DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 3
+"""The remote accepted it (or already had it: a retry found the record and did not resend)."""
+DELIVERY_STATE_DEAD_LETTER: DeliveryState.ValueType  # 4
+"""Failed for good (a permanent refusal, or every attempt used); kept with its last error until
+RetryDeadLetters. Later changes of the same record wait behind it, so the remote never sees
+them out of order.
+"""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
 @_typing.final
 class MetrcConfig(_message.Message):
@@ -529,19 +620,25 @@ class LimsCredentials(_message.Message):
 
     API_KEY_FIELD_NUMBER: _builtins.int
     BEARER_TOKEN_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SIGNING_SECRET_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
     """An API key sent in the LIMS's key header. Input only."""
     bearer_token: _builtins.str
     """A bearer token sent as `Authorization: Bearer`. Input only."""
+    webhook_signing_secret: _builtins.str
+    """The secret the LIMS signs the events it pushes to ReceiveIntegrationEvent with (HMAC-SHA256),
+    at least 32 characters; without it pushed events are refused. Input only.
+    """
     def __init__(
         self,
         *,
         api_key: _builtins.str = ...,
         bearer_token: _builtins.str = ...,
+        webhook_signing_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "bearer_token", b"bearer_token", "credential", b"credential"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "bearer_token", b"bearer_token", "credential", b"credential"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "bearer_token", b"bearer_token", "credential", b"credential", "webhook_signing_secret", b"webhook_signing_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_credential: _TypeAlias = _typing.Literal["api_key", "bearer_token"]  # noqa: Y015
     _WhichOneofArgType_credential: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
@@ -672,6 +769,7 @@ class SyncRun(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     ERROR_DETAIL_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The run's id, a ULID assigned by the server; exchange logs of the run carry it as
     `sync_run_id`.
@@ -686,6 +784,8 @@ class SyncRun(_message.Message):
     """Why the run failed (FAILED) or a summary of record failures (PARTIALLY_SUCCEEDED); empty
     otherwise.
     """
+    difference_count: _builtins.int
+    """How many differences the run's reconciliation found (ListSyncDifferences lists them)."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[Global___SyncScope.ValueType]:
         """The scopes requested."""
@@ -719,10 +819,11 @@ class SyncRun(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         error_detail: _builtins.str = ...,
+        difference_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "direction", b"direction", "end_time", b"end_time", "error_detail", b"error_detail", "id", b"id", "mode", b"mode", "scopes", b"scopes", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "difference_count", b"difference_count", "direction", b"direction", "end_time", b"end_time", "error_detail", b"error_detail", "id", b"id", "mode", b"mode", "scopes", b"scopes", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1329,3 +1430,362 @@ class SyncIntegrationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SyncIntegrationRequest: _TypeAlias = SyncIntegrationRequest  # noqa: Y015
+
+@_typing.final
+class SyncDifference(_message.Message):
+    """One difference between Seedline's record and the remote's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYNC_RUN_ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    REMOTE_ID_FIELD_NUMBER: _builtins.int
+    LOCAL_VALUE_FIELD_NUMBER: _builtins.int
+    REMOTE_VALUE_FIELD_NUMBER: _builtins.int
+    sync_run_id: _builtins.str
+    """The sync run that found it."""
+    scope: Global___SyncScope.ValueType
+    """The scope of the record."""
+    kind: Global___DifferenceKind.ValueType
+    """What differs."""
+    resource: _builtins.str
+    """Seedline's resource name; empty for MISSING_LOCAL."""
+    remote_id: _builtins.str
+    """The remote's id of the record (METRC label, BioTrackTHC barcode id)."""
+    local_value: _builtins.str
+    """Seedline's value of the differing field (e.g. "12.5000 g", "FLOWERING"); empty when missing."""
+    remote_value: _builtins.str
+    """The remote's value of the differing field, in Seedline's vocabulary; empty when missing."""
+    def __init__(
+        self,
+        *,
+        sync_run_id: _builtins.str = ...,
+        scope: Global___SyncScope.ValueType = ...,
+        kind: Global___DifferenceKind.ValueType = ...,
+        resource: _builtins.str = ...,
+        remote_id: _builtins.str = ...,
+        local_value: _builtins.str = ...,
+        remote_value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "local_value", b"local_value", "remote_id", b"remote_id", "remote_value", b"remote_value", "resource", b"resource", "scope", b"scope", "sync_run_id", b"sync_run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncDifference: _TypeAlias = SyncDifference  # noqa: Y015
+
+@_typing.final
+class ListSyncDifferencesRequest(_message.Message):
+    """Request for ListSyncDifferences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    SYNC_RUN_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The integration, `licenses/{license}/integrations/{integration}`."""
+    sync_run_id: _builtins.str
+    """The sync run (`SyncRun.id`); empty means the integration's latest run."""
+    kind: Global___DifferenceKind.ValueType
+    """Only differences of this kind; unset for all."""
+    page_size: _builtins.int
+    """Maximum results per page: 0 means 20, above 100 means 100, negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """Opaque token from a previous response's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        sync_run_id: _builtins.str = ...,
+        kind: Global___DifferenceKind.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "sync_run_id", b"sync_run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSyncDifferencesRequest: _TypeAlias = ListSyncDifferencesRequest  # noqa: Y015
+
+@_typing.final
+class ListSyncDifferencesResponse(_message.Message):
+    """Response for ListSyncDifferences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___SyncDifference]:
+        """The page of differences."""
+
+    def __init__(
+        self,
+        *,
+        differences: _abc.Iterable[Global___SyncDifference] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differences", b"differences", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSyncDifferencesResponse: _TypeAlias = ListSyncDifferencesResponse  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """One change on its way to an integration's remote, from the transactional outbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    AUDIT_EVENT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DELIVER_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `licenses/{license}/integrations/{integration}/deliveries/{delivery}`; the id
+    is a ULID, also sent to webhook receivers as the event id.
+    """
+    event_type: _builtins.str
+    """What happened, e.g. `plant.created`, `transfer.committed`, `lot.quarantined`."""
+    resource: _builtins.str
+    """The Seedline resource the change is about; deliveries of one resource go out in order."""
+    state: Global___DeliveryState.ValueType
+    """Where the delivery is."""
+    attempts: _builtins.int
+    """Attempts made so far."""
+    last_error: _builtins.str
+    """The last failure (HTTP status and message, or the remote's error); empty if none."""
+    audit_event: _builtins.str
+    """The audit event of the change that produced it."""
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt may start (PENDING); unset otherwise."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed."""
+
+    @_builtins.property
+    def deliver_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was delivered; unset until DELIVERED."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        audit_event: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        deliver_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deliver_time", b"deliver_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "audit_event", b"audit_event", "create_time", b"create_time", "deliver_time", b"deliver_time", "event_type", b"event_type", "last_error", b"last_error", "name", b"name", "next_attempt_time", b"next_attempt_time", "resource", b"resource", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesRequest(_message.Message):
+    """Request for ListDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The integration, `licenses/{license}/integrations/{integration}`."""
+    state: Global___DeliveryState.ValueType
+    """Only deliveries in this state; unset for all."""
+    page_size: _builtins.int
+    """Maximum results per page: 0 means 20, above 100 means 100, negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """Opaque token from a previous response's `next_page_token`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesResponse(_message.Message):
+    """Response for ListDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """The page of deliveries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class RetryDeadLettersRequest(_message.Message):
+    """Request for RetryDeadLetters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The integration, `licenses/{license}/integrations/{integration}`."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The dead letters to retry, as `Delivery.name`s of this integration; empty for all of them."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        deliveries: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLettersRequest: _TypeAlias = RetryDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class RetryDeadLettersResponse(_message.Message):
+    """Response for RetryDeadLetters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETRIED_COUNT_FIELD_NUMBER: _builtins.int
+    retried_count: _builtins.int
+    """How many dead letters went back to PENDING."""
+    def __init__(
+        self,
+        *,
+        retried_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retried_count", b"retried_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLettersResponse: _TypeAlias = RetryDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class ReceiveIntegrationEventRequest(_message.Message):
+    """Request for ReceiveIntegrationEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The integration the event is for, `licenses/{license}/integrations/{integration}`."""
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The event exactly as sent (JSON `{"type", "id", "created", "data"}`; for a LIMS,
+        `lab_result.published` with an OpenTHC lab result as `data`), at most 4 MiB. The signature
+        covers these bytes, so they are taken raw.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveIntegrationEventRequest: _TypeAlias = ReceiveIntegrationEventRequest  # noqa: Y015
+
+@_typing.final
+class ReceiveIntegrationEventResponse(_message.Message):
+    """Response for ReceiveIntegrationEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    QUARANTINED_LOTS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event id that was accepted."""
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the event became, e.g. the lab result `licenses/{license}/labResults/{result}`."""
+
+    @_builtins.property
+    def quarantined_lots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lots put on hold because the result did not conform (each also emits `lot.quarantined`)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        resources: _abc.Iterable[_builtins.str] | None = ...,
+        quarantined_lots: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "quarantined_lots", b"quarantined_lots", "resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveIntegrationEventResponse: _TypeAlias = ReceiveIntegrationEventResponse  # noqa: Y015

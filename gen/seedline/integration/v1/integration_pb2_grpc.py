@@ -82,6 +82,26 @@ class IntegrationServiceStub:
                 request_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.SyncIntegrationRequest.SerializeToString,
                 response_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.SyncRun.FromString,
                 _registered_method=True)
+        self.ListSyncDifferences = channel.unary_unary(
+                '/seedline.integration.v1.IntegrationService/ListSyncDifferences',
+                request_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ListSyncDifferencesRequest.SerializeToString,
+                response_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ListSyncDifferencesResponse.FromString,
+                _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/seedline.integration.v1.IntegrationService/ListDeliveries',
+                request_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetters = channel.unary_unary(
+                '/seedline.integration.v1.IntegrationService/RetryDeadLetters',
+                request_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.RetryDeadLettersRequest.SerializeToString,
+                response_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.RetryDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ReceiveIntegrationEvent = channel.unary_unary(
+                '/seedline.integration.v1.IntegrationService/ReceiveIntegrationEvent',
+                request_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ReceiveIntegrationEventRequest.SerializeToString,
+                response_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ReceiveIntegrationEventResponse.FromString,
+                _registered_method=True)
 
 
 class IntegrationServiceServicer:
@@ -163,6 +183,47 @@ class IntegrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSyncDifferences(self, request, context):
+        """Lists the differences a reconciliation found between Seedline's records and the remote's
+        (a FULL sync run that pulls): records missing on either side, and quantity, phase or status
+        mismatches. Ordered by scope, then by the record's remote id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveries(self, request, context):
+        """Lists the integration's outbound deliveries (one per change the remote must hear about),
+        newest first; filter by state to see what waits, what failed for good (DEAD_LETTER, with the
+        last error kept) and what was delivered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetters(self, request, context):
+        """Puts dead-lettered deliveries back in the queue with a fresh attempt budget: the named ones,
+        or every dead letter of the integration when none are named. Deliveries that are not
+        dead-lettered are left alone and not counted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveIntegrationEvent(self, request, context):
+        """Receives an event pushed by the remote of an integration (a LIMS publishing a lab result).
+        The raw body is authenticated by its HMAC-SHA256 signature: the `seedline-signature` header
+        (`t=<unix seconds>,v1=<hex of HMAC-SHA256(secret, "<t>." + body)>`) under the integration's
+        inbound signing secret, with `t` within 5 minutes of the server's clock, and the
+        `seedline-event-id` header names the event. A bad or missing signature, an unknown or
+        disabled integration, or a stale timestamp is UNAUTHENTICATED (the same answer for each, so
+        nothing about the integration is revealed); a repeated event id is refused with
+        ALREADY_EXISTS / DUPLICATE_EVENT and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntegrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +266,26 @@ def add_IntegrationServiceServicer_to_server(servicer, server):
                     servicer.SyncIntegration,
                     request_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.SyncIntegrationRequest.FromString,
                     response_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.SyncRun.SerializeToString,
+            ),
+            'ListSyncDifferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSyncDifferences,
+                    request_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ListSyncDifferencesRequest.FromString,
+                    response_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ListSyncDifferencesResponse.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ListDeliveriesResponse.SerializeToString,
+            ),
+            'RetryDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetters,
+                    request_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.RetryDeadLettersRequest.FromString,
+                    response_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.RetryDeadLettersResponse.SerializeToString,
+            ),
+            'ReceiveIntegrationEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveIntegrationEvent,
+                    request_deserializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ReceiveIntegrationEventRequest.FromString,
+                    response_serializer=seedline_dot_integration_dot_v1_dot_integration__pb2.ReceiveIntegrationEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +511,114 @@ class IntegrationService:
             '/seedline.integration.v1.IntegrationService/SyncIntegration',
             seedline_dot_integration_dot_v1_dot_integration__pb2.SyncIntegrationRequest.SerializeToString,
             seedline_dot_integration_dot_v1_dot_integration__pb2.SyncRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSyncDifferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seedline.integration.v1.IntegrationService/ListSyncDifferences',
+            seedline_dot_integration_dot_v1_dot_integration__pb2.ListSyncDifferencesRequest.SerializeToString,
+            seedline_dot_integration_dot_v1_dot_integration__pb2.ListSyncDifferencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seedline.integration.v1.IntegrationService/ListDeliveries',
+            seedline_dot_integration_dot_v1_dot_integration__pb2.ListDeliveriesRequest.SerializeToString,
+            seedline_dot_integration_dot_v1_dot_integration__pb2.ListDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seedline.integration.v1.IntegrationService/RetryDeadLetters',
+            seedline_dot_integration_dot_v1_dot_integration__pb2.RetryDeadLettersRequest.SerializeToString,
+            seedline_dot_integration_dot_v1_dot_integration__pb2.RetryDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveIntegrationEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seedline.integration.v1.IntegrationService/ReceiveIntegrationEvent',
+            seedline_dot_integration_dot_v1_dot_integration__pb2.ReceiveIntegrationEventRequest.SerializeToString,
+            seedline_dot_integration_dot_v1_dot_integration__pb2.ReceiveIntegrationEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,31 @@ class IntegrationServiceStub:
     direction (INVALID_ARGUMENT / VALIDATION_FAILED), and while the circuit breaker is OPEN
     (UNAVAILABLE / DEPENDENCY_UNAVAILABLE).
     """
+    ListSyncDifferences: _grpc.UnaryUnaryMultiCallable[_integration_pb2.ListSyncDifferencesRequest, _integration_pb2.ListSyncDifferencesResponse]
+    """Lists the differences a reconciliation found between Seedline's records and the remote's
+    (a FULL sync run that pulls): records missing on either side, and quantity, phase or status
+    mismatches. Ordered by scope, then by the record's remote id.
+    """
+    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_integration_pb2.ListDeliveriesRequest, _integration_pb2.ListDeliveriesResponse]
+    """Lists the integration's outbound deliveries (one per change the remote must hear about),
+    newest first; filter by state to see what waits, what failed for good (DEAD_LETTER, with the
+    last error kept) and what was delivered.
+    """
+    RetryDeadLetters: _grpc.UnaryUnaryMultiCallable[_integration_pb2.RetryDeadLettersRequest, _integration_pb2.RetryDeadLettersResponse]
+    """Puts dead-lettered deliveries back in the queue with a fresh attempt budget: the named ones,
+    or every dead letter of the integration when none are named. Deliveries that are not
+    dead-lettered are left alone and not counted.
+    """
+    ReceiveIntegrationEvent: _grpc.UnaryUnaryMultiCallable[_integration_pb2.ReceiveIntegrationEventRequest, _integration_pb2.ReceiveIntegrationEventResponse]
+    """Receives an event pushed by the remote of an integration (a LIMS publishing a lab result).
+    The raw body is authenticated by its HMAC-SHA256 signature: the `seedline-signature` header
+    (`t=<unix seconds>,v1=<hex of HMAC-SHA256(secret, "<t>." + body)>`) under the integration's
+    inbound signing secret, with `t` within 5 minutes of the server's clock, and the
+    `seedline-event-id` header names the event. A bad or missing signature, an unknown or
+    disabled integration, or a stale timestamp is UNAUTHENTICATED (the same answer for each, so
+    nothing about the integration is revealed); a repeated event id is refused with
+    ALREADY_EXISTS / DUPLICATE_EVENT and changes nothing.
+    """
 
 @_typing.type_check_only
 class IntegrationServiceAsyncStub(IntegrationServiceStub):
@@ -123,6 +148,31 @@ class IntegrationServiceAsyncStub(IntegrationServiceStub):
     (FAILED_PRECONDITION / INVALID_STATE_TRANSITION), when the kind does not support a scope or
     direction (INVALID_ARGUMENT / VALIDATION_FAILED), and while the circuit breaker is OPEN
     (UNAVAILABLE / DEPENDENCY_UNAVAILABLE).
+    """
+    ListSyncDifferences: _aio.UnaryUnaryMultiCallable[_integration_pb2.ListSyncDifferencesRequest, _integration_pb2.ListSyncDifferencesResponse]  # type: ignore[assignment]
+    """Lists the differences a reconciliation found between Seedline's records and the remote's
+    (a FULL sync run that pulls): records missing on either side, and quantity, phase or status
+    mismatches. Ordered by scope, then by the record's remote id.
+    """
+    ListDeliveries: _aio.UnaryUnaryMultiCallable[_integration_pb2.ListDeliveriesRequest, _integration_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
+    """Lists the integration's outbound deliveries (one per change the remote must hear about),
+    newest first; filter by state to see what waits, what failed for good (DEAD_LETTER, with the
+    last error kept) and what was delivered.
+    """
+    RetryDeadLetters: _aio.UnaryUnaryMultiCallable[_integration_pb2.RetryDeadLettersRequest, _integration_pb2.RetryDeadLettersResponse]  # type: ignore[assignment]
+    """Puts dead-lettered deliveries back in the queue with a fresh attempt budget: the named ones,
+    or every dead letter of the integration when none are named. Deliveries that are not
+    dead-lettered are left alone and not counted.
+    """
+    ReceiveIntegrationEvent: _aio.UnaryUnaryMultiCallable[_integration_pb2.ReceiveIntegrationEventRequest, _integration_pb2.ReceiveIntegrationEventResponse]  # type: ignore[assignment]
+    """Receives an event pushed by the remote of an integration (a LIMS publishing a lab result).
+    The raw body is authenticated by its HMAC-SHA256 signature: the `seedline-signature` header
+    (`t=<unix seconds>,v1=<hex of HMAC-SHA256(secret, "<t>." + body)>`) under the integration's
+    inbound signing secret, with `t` within 5 minutes of the server's clock, and the
+    `seedline-event-id` header names the event. A bad or missing signature, an unknown or
+    disabled integration, or a stale timestamp is UNAUTHENTICATED (the same answer for each, so
+    nothing about the integration is revealed); a repeated event id is refused with
+    ALREADY_EXISTS / DUPLICATE_EVENT and changes nothing.
     """
 
 class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -216,6 +266,55 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         (FAILED_PRECONDITION / INVALID_STATE_TRANSITION), when the kind does not support a scope or
         direction (INVALID_ARGUMENT / VALIDATION_FAILED), and while the circuit breaker is OPEN
         (UNAVAILABLE / DEPENDENCY_UNAVAILABLE).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSyncDifferences(
+        self,
+        request: _integration_pb2.ListSyncDifferencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.ListSyncDifferencesResponse, _abc.Awaitable[_integration_pb2.ListSyncDifferencesResponse]]:
+        """Lists the differences a reconciliation found between Seedline's records and the remote's
+        (a FULL sync run that pulls): records missing on either side, and quantity, phase or status
+        mismatches. Ordered by scope, then by the record's remote id.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeliveries(
+        self,
+        request: _integration_pb2.ListDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.ListDeliveriesResponse, _abc.Awaitable[_integration_pb2.ListDeliveriesResponse]]:
+        """Lists the integration's outbound deliveries (one per change the remote must hear about),
+        newest first; filter by state to see what waits, what failed for good (DEAD_LETTER, with the
+        last error kept) and what was delivered.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryDeadLetters(
+        self,
+        request: _integration_pb2.RetryDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.RetryDeadLettersResponse, _abc.Awaitable[_integration_pb2.RetryDeadLettersResponse]]:
+        """Puts dead-lettered deliveries back in the queue with a fresh attempt budget: the named ones,
+        or every dead letter of the integration when none are named. Deliveries that are not
+        dead-lettered are left alone and not counted.
+        """
+
+    @_abc_1.abstractmethod
+    def ReceiveIntegrationEvent(
+        self,
+        request: _integration_pb2.ReceiveIntegrationEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.ReceiveIntegrationEventResponse, _abc.Awaitable[_integration_pb2.ReceiveIntegrationEventResponse]]:
+        """Receives an event pushed by the remote of an integration (a LIMS publishing a lab result).
+        The raw body is authenticated by its HMAC-SHA256 signature: the `seedline-signature` header
+        (`t=<unix seconds>,v1=<hex of HMAC-SHA256(secret, "<t>." + body)>`) under the integration's
+        inbound signing secret, with `t` within 5 minutes of the server's clock, and the
+        `seedline-event-id` header names the event. A bad or missing signature, an unknown or
+        disabled integration, or a stale timestamp is UNAUTHENTICATED (the same answer for each, so
+        nothing about the integration is revealed); a repeated event id is refused with
+        ALREADY_EXISTS / DUPLICATE_EVENT and changes nothing.
         """
 
 def add_IntegrationServiceServicer_to_server(servicer: IntegrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -108,6 +108,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """DEADLINE_EXCEEDED / 504. The operation did not finish within the caller's deadline."""
     INTERNAL_ERROR: _ErrorReason.ValueType  # 27
     """INTERNAL / 500. A bug: the server logged it with the request id."""
+    DUPLICATE_EVENT: _ErrorReason.ValueType  # 28
+    """ALREADY_EXISTS / 409. An event pushed by a remote (ReceiveIntegrationEvent) carries an event id
+    that was already received; the repeat changed nothing.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The machine-readable reason carried in `google.rpc.ErrorInfo.reason` (domain "seedline.dev")
@@ -201,4 +205,8 @@ DEADLINE_EXCEEDED: ErrorReason.ValueType  # 26
 """DEADLINE_EXCEEDED / 504. The operation did not finish within the caller's deadline."""
 INTERNAL_ERROR: ErrorReason.ValueType  # 27
 """INTERNAL / 500. A bug: the server logged it with the request id."""
+DUPLICATE_EVENT: ErrorReason.ValueType  # 28
+"""ALREADY_EXISTS / 409. An event pushed by a remote (ReceiveIntegrationEvent) carries an event id
+that was already received; the repeat changed nothing.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
