@@ -50,7 +50,7 @@ async def test_models_and_migrations_agree(migrated: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from seedline_server.store import lab_models  # noqa: F401  (registers the lab tables)
+    from seedline_server.store import integration_models, lab_models  # noqa: F401  (registers their tables)
     from seedline_server.store.models import Base
 
     engine = create_async_engine(migrated)

@@ -26,6 +26,7 @@ from ulid import ULID
 
 from seedline_server.domain.audit import GENESIS_HASH, chain_document, event_hash, lock_key
 from seedline_server.domain.errors import DependencyUnavailable, RequestIdReused
+from seedline_server.service import outbox
 from seedline_server.service.context import CallContext
 from seedline_server.store import models
 
@@ -176,6 +177,11 @@ class UnitOfWork:
             self.session.add(row)
             self._heads[p.license_id] = (row.sequence, row.hash)
         await self.session.flush()
+        # The news of the change, for the integrations that care, in the same transaction.
+        changes = [
+            outbox.AuditedChange(p.id, p.license_id, p.resource, p.action, p.before, p.after) for p in pending
+        ]
+        await outbox.enqueue_audited(self.session, changes, now())
 
 
 class Database:

@@ -31,7 +31,9 @@ class Running:
         await self.runner.cleanup()
 
 
-async def start(app: web.Application, *, host: str, port: int, cert: Path | None, key: Path | None) -> Running:
+async def start(
+    app: web.Application, *, host: str, port: int, cert: Path | None, key: Path | None
+) -> Running:
     """Start ``app`` on ``host:port`` (port 0 picks a free one), over TLS when a cert is given."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -44,7 +46,9 @@ async def start(app: web.Application, *, host: str, port: int, cert: Path | None
     return Running(runner, int(bound))
 
 
-def run_forever(app: web.Application, *, name: str, host: str, port: int, cert: Path | None, key: Path | None) -> None:
+def run_forever(
+    app: web.Application, *, name: str, host: str, port: int, cert: Path | None, key: Path | None
+) -> None:
     """Serve until SIGTERM/SIGINT; prints ``<name> listening on https://host:port`` once bound."""
 
     async def main() -> None:

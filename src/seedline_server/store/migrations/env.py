@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from seedline_server.store import integration_models as integration_models
 from seedline_server.store import lab_models as lab_models
 from seedline_server.store.models import Base
 
