@@ -122,6 +122,56 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Direct gRPC listener: buckets kept (least recently used evicted)."
     )
 
+    # Integrations (docs/integrations.md).
+    run_worker: bool = Field(
+        default=True,
+        description="Run the integrations worker (outbox deliveries, sync runs, schedules) inside `seedline "
+        "serve`. Turn off when dedicated `seedline worker` processes do it.",
+    )
+    integration_ca_file: Path | None = Field(
+        default=None,
+        description="Extra CA certificates (PEM) trusted for outbound calls to remotes, besides the system "
+        "store (an on-premises LIMS with a private CA; the local fakes in development).",
+    )
+    integration_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Deadline of one outbound call to a remote."
+    )
+    outbox_concurrency: int = Field(
+        default=32, ge=1, le=1000, description="Deliveries one worker process sends at once."
+    )
+    outbox_max_attempts: int = Field(
+        default=8, ge=1, le=100, description="Attempts before a delivery becomes a dead letter."
+    )
+    outbox_base_delay_seconds: float = Field(
+        default=1.0, gt=0, description="First retry delay; doubles per attempt, with jitter."
+    )
+    outbox_max_delay_seconds: float = Field(default=300.0, gt=0, description="Longest retry delay.")
+    outbox_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a claimed delivery stays with its worker; a dead worker's claims are taken "
+        "over after it (and checked at the remote before resending).",
+    )
+    breaker_threshold: int = Field(
+        default=5, ge=1, description="Consecutive remote failures that open an integration's circuit breaker."
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=30.0, gt=0, description="How long an open breaker waits before its half-open probe."
+    )
+    metrc_get_rate_per_facility: float = Field(
+        default=50.0, gt=0, description="METRC: GET requests per second per facility (all workers together)."
+    )
+    metrc_rate_per_vendor_key: float = Field(
+        default=150.0, gt=0, description="METRC: requests per second per vendor key (all workers together)."
+    )
+    metrc_concurrency_per_facility: int = Field(
+        default=10, ge=1, description="METRC: requests in flight per facility (all workers together)."
+    )
+    schedule_enabled: bool = Field(
+        default=True,
+        description="Start scheduled pulls: plants every 4 h, inventory daily, a full reconciliation weekly.",
+    )
+
     def sqlalchemy_url(self, embedded_url: str | None = None) -> str:
         """The asyncpg URL to use: DATABASE_URL normalised, or the embedded server's."""
         url = self.database_url or embedded_url

@@ -1,0 +1,94 @@
+"""The generic outbound webhook connector: signed JSON event deliveries over HTTPS.
+
+Body: ``{"id": <delivery id>, "type": "transfer.committed", "created": <unix seconds of the
+change>, "license": "licenses/…", "resource": "licenses/…/transfers/…", "data": {"verb": …,
+"before": …, "after": …}}`` where ``data`` holds the audit snapshots of the change (the record as
+it was right after it, not as it is when the delivery happens to go out). Headers:
+``Seedline-Event-Id`` (the delivery id: the same on every retry, so receivers de-duplicate),
+``Seedline-Event-Type`` and ``Seedline-Signature`` (see :mod:`signing`). Any 2xx is delivered;
+429/5xx/timeouts are retried by the outbox; other 4xx are dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from seedline_server.crypto import Secret
+from seedline_server.integrations import signing
+from seedline_server.integrations.connector import Job, Outcome
+from seedline_server.integrations.transport import Exchange, Http
+
+__all__ = ["WebhookConnector", "event_body"]
+
+
+def event_body(
+    *, event_id: str, event_type: str, created: int, license_name: str, resource: str, data: dict[str, Any]
+) -> bytes:
+    """The delivered JSON bytes (compact, keys sorted, so the signature is over stable bytes)."""
+    doc = {
+        "id": event_id,
+        "type": event_type,
+        "created": created,
+        "license": license_name,
+        "resource": resource,
+        "data": data,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+class WebhookConnector:
+    """Delivers outbox jobs to one webhook URL."""
+
+    def __init__(self, http: Http, url: str, secret: Secret[str]) -> None:
+        self._http = http
+        self._url = url
+        self._secret = secret
+
+    async def _post(
+        self, body: bytes, event_id: str, event_type: str, summary: str, log: list[Exchange]
+    ) -> None:
+        headers = {
+            signing.EVENT_ID_HEADER: event_id,
+            "Seedline-Event-Type": event_type,
+            signing.SIGNATURE_HEADER: signing.sign(self._secret.reveal().encode(), body, int(time.time())),
+        }
+        try:
+            answer = await self._http.call(
+                "POST", self._url, content=body, headers=headers, summary=summary, request_id=event_id
+            )
+        except Exception as exc:
+            exchange = getattr(exc, "exchange", None)
+            if isinstance(exchange, Exchange):
+                log.append(exchange)
+            raise
+        log.append(answer.exchange)
+
+    async def deliver(self, job: Job, log: list[Exchange]) -> Outcome:
+        """POST the signed event."""
+        body = event_body(
+            event_id=job.id,
+            event_type=job.event_type,
+            created=int(job.create_time.timestamp()),
+            license_name=f"licenses/{job.license_id}",
+            resource=job.resource,
+            data=job.payload,
+        )
+        await self._post(body, job.id, job.event_type, f"delivered {job.event_type}", log)
+        return Outcome(summary=f"delivered {job.event_type}")
+
+    async def probe(self, log: list[Exchange]) -> None:
+        """POST a signed ``ping`` event (receivers answer 2xx and ignore it)."""
+        from ulid import ULID
+
+        event_id = str(ULID())
+        body = event_body(
+            event_id=event_id,
+            event_type="ping",
+            created=int(time.time()),
+            license_name="",
+            resource="",
+            data={},
+        )
+        await self._post(body, event_id, "ping", "test delivery (ping)", log)
