@@ -64,6 +64,53 @@ def serve() -> None:
 
 
 @app.command()
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Deliver what is due, then exit (no sync runs or schedule).")
+    ] = False,
+) -> None:
+    """Run the integrations worker alone: outbox deliveries, sync runs and the schedule.
+
+    Run as many as the remotes' limits and the database allow; they share the work through the
+    database (FOR UPDATE SKIP LOCKED) and share the remotes' rate limits. Set
+    SEEDLINE_RUN_WORKER=false on `seedline serve` when dedicated workers run.
+    """
+    import signal as _signal
+
+    from seedline_server.crypto import KeyRing
+    from seedline_server.integrations.runtime import build_runtime
+    from seedline_server.store import db
+
+    settings = _settings()
+    url, started = _database(settings)
+
+    async def main() -> None:
+        await db.migrate(url)
+        engine = db.make_engine(url, pool_size=min(20, settings.outbox_concurrency))
+        runtime = build_runtime(
+            settings, engine, KeyRing.from_settings(settings, dev=settings.database_url is None)
+        )
+        try:
+            if once:
+                await runtime.worker.run_until_idle(within=3600)
+                await runtime.http.aclose()
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (_signal.SIGTERM, _signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            console.print(f"worker {runtime.worker.name} running", highlight=False)
+            await runtime.run(stop)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        _stop_embedded(settings, started)
+
+
+@app.command()
 def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
     """Apply database migrations."""
     from seedline_server.store import db
@@ -138,7 +185,7 @@ Try:
         )
 
     try:
-        asyncio.run(server.serve(settings, url, on_ready=ready))
+        asyncio.run(server.serve(settings, url, on_ready=ready, dev=True))
     finally:
         envoy.stop()
         _stop_embedded(settings, started)

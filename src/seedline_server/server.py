@@ -41,6 +41,8 @@ from seedline_server.api.license import LicenseServicer
 from seedline_server.api.plant import PlantServicer
 from seedline_server.api.ratelimit import TokenBuckets
 from seedline_server.config import Settings
+from seedline_server.crypto import KeyRing
+from seedline_server.integrations.runtime import build_runtime
 from seedline_server.service import transfers
 from seedline_server.service.context import CallContext, Principal
 from seedline_server.service.identity import Authenticator, JwtVerifier
@@ -74,6 +76,8 @@ class Running:
     service_names: list[str]
     feed: TransferFeed
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The integrations runtime (outbox worker, sync runs, schedule) when run in-process.
+    worker: tuple[asyncio.Event, asyncio.Task[None], AsyncEngine] | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight calls finish within ``grace`` seconds, release the pool.
@@ -84,6 +88,14 @@ class Running:
         for task in self.tasks:
             task.cancel()
         await self.feed.stop()
+        if self.worker is not None:
+            # Deliveries in flight finish and record their outcome; a delivery cut short is
+            # reclaimed after its lease and checked at the remote before it is resent.
+            stop, task, worker_engine = self.worker
+            stop.set()
+            with suppress(Exception):
+                await asyncio.wait_for(task, timeout=max(grace, 1.0))
+            await worker_engine.dispose()
         await asyncio.gather(*(s.stop(grace) for s in self.servers))
         await self.engine.dispose()
         log.info("server stopped")
@@ -129,9 +141,14 @@ async def _depart_due(database: Database, period: float) -> None:
         await asyncio.sleep(period)
 
 
-async def start(settings: Settings, database_url: str) -> Running:
-    """Migrate, connect and start both listeners; returns once they accept calls."""
+async def start(settings: Settings, database_url: str, *, dev: bool = False) -> Running:
+    """Migrate, connect and start both listeners; returns once they accept calls.
+
+    ``dev`` (embedded database, ``seedline dev``, tests) lets the secrets key ring fall back to a
+    development key kept under the data directory; otherwise SEEDLINE_SECRET_KEYS is required.
+    """
     await store_db.migrate(database_url)
+    keyring = KeyRing.from_settings(settings, dev=dev)
     engine = store_db.make_engine(database_url, pool_size=settings.db_pool_size)
     database = Database(store_db.sessionmaker(engine))
     services = contract.load_services()
@@ -205,15 +222,27 @@ async def start(settings: Settings, database_url: str) -> Running:
         asyncio.create_task(_watch_database(engine, health_servicer, names, settings.health_interval_seconds))
     )
     running.tasks.append(asyncio.create_task(_depart_due(database, settings.health_interval_seconds)))
+    if settings.run_worker:
+        worker_engine = store_db.make_engine(database_url, pool_size=min(20, settings.outbox_concurrency))
+        runtime = build_runtime(settings, worker_engine, keyring)
+        stop_worker = asyncio.Event()
+        running.worker = (stop_worker, asyncio.create_task(runtime.run(stop_worker)), worker_engine)
     log.info("serving", grpc=f"{settings.grpc_host}:{grpc_port}", edge=f"{settings.edge_host}:{edge_port}")
     return running
 
 
 async def serve(
-    settings: Settings, database_url: str, on_ready: Callable[[Running], Awaitable[None]] | None = None
+    settings: Settings,
+    database_url: str,
+    on_ready: Callable[[Running], Awaitable[None]] | None = None,
+    *,
+    dev: bool | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await start(settings, database_url)
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``dev`` defaults to "no DATABASE_URL" (the embedded database): see :func:`start`.
+    """
+    running = await start(settings, database_url, dev=settings.database_url is None if dev is None else dev)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 from typing import Any
 
@@ -19,6 +21,8 @@ SERVER_ENV = {
     "SEEDLINE_PARTNER_GRANTS": json.dumps({"acme": {"*": ["admin"]}}),
     # Tests build signatures once per module; keep them valid for the whole run.
     "SEEDLINE_SIGNATURE_MAX_AGE_SECONDS": "3600",
+    # A fresh secrets key per test session (integration credentials are sealed with it).
+    "SEEDLINE_SECRET_KEYS": "test:" + base64.b64encode(os.urandom(32)).decode(),
 }
 
 
