@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from seedline_server.integrations.transport import Exchange
 
-__all__ = ["Connector", "Job", "Outcome"]
+__all__ = ["Connector", "Job", "Outcome", "TestReport"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,28 @@ class Outcome:
     found_existing: bool = False
 
 
+@dataclass(frozen=True)
+class TestReport:
+    """What a connection test (TestIntegration) found.
+
+    Attributes:
+        reachable: The remote answered at all (TLS and HTTP worked).
+        authenticated: It accepted our credentials.
+        license_visible: The configured license/facility/location is visible to them.
+        latency: Time of the authenticating call; None when unreachable.
+        detail: One line for a person.
+
+    """
+
+    __test__ = False  # not a pytest class
+
+    reachable: bool
+    authenticated: bool
+    license_visible: bool
+    latency: timedelta | None
+    detail: str
+
+
 class Connector(Protocol):
     """Delivers outbox jobs to one integration's remote."""
 
@@ -76,4 +98,8 @@ class Connector(Protocol):
             RemoteError: it is not.
 
         """
+        ...
+
+    async def test(self, log: list[Exchange]) -> TestReport:
+        """A real authenticated call that reports what it found (never raises for remote errors)."""
         ...

@@ -12,6 +12,7 @@ from seedline.integration.v1 import integration_pb2 as pb
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from seedline_server.config import Settings
 from seedline_server.crypto import KeyRing, Secret
 from seedline_server.integrations.connector import Connector
 from seedline_server.integrations.limits import SharedLimits
@@ -70,7 +71,10 @@ class IntegrationRow:
 class Connectors:
     """Connector per integration id, rebuilt when the integration changes."""
 
-    def __init__(self, engine: AsyncEngine, keyring: KeyRing, http: Http, limits: SharedLimits) -> None:
+    def __init__(
+        self, engine: AsyncEngine, keyring: KeyRing, http: Http, limits: SharedLimits, *, settings: Settings
+    ) -> None:
+        self.settings = settings
         self._engine = engine
         self._keyring = keyring
         self.http = http

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 from seedline_server.crypto import Secret
 from seedline_server.integrations import signing
-from seedline_server.integrations.connector import Job, Outcome
-from seedline_server.integrations.transport import Exchange, Http
+from seedline_server.integrations.connector import Job, Outcome, TestReport
+from seedline_server.integrations.transport import Exchange, Http, RemoteError
 
 __all__ = ["WebhookConnector", "event_body"]
 
@@ -92,3 +93,16 @@ class WebhookConnector:
             data={},
         )
         await self._post(body, event_id, "ping", "test delivery (ping)", log)
+
+    async def test(self, log: list[Exchange]) -> TestReport:
+        """Send a signed ``ping``: reachable, and accepted (2xx) by the receiver."""
+        t0 = time.perf_counter()
+        try:
+            await self.probe(log)
+        except RemoteError as exc:
+            reachable = exc.status is not None
+            latency = timedelta(seconds=time.perf_counter() - t0) if reachable else None
+            accepted = reachable and exc.status not in (401, 403)
+            return TestReport(reachable, accepted, False, latency, f"ping not accepted: {exc.detail}"[:500])
+        latency = timedelta(seconds=time.perf_counter() - t0)
+        return TestReport(True, True, True, latency, "the receiver accepted a signed ping event")

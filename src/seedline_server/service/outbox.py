@@ -33,7 +33,15 @@ from ulid import ULID
 
 from seedline_server.store import integration_models as im
 
-__all__ = ["CHANNEL", "WEBHOOK_TYPES", "AuditedChange", "enqueue_audited", "enqueue_event", "event_type"]
+__all__ = [
+    "CHANNEL",
+    "WEBHOOK_TYPES",
+    "AuditedChange",
+    "enqueue_audited",
+    "enqueue_event",
+    "enqueue_resend",
+    "event_type",
+]
 
 # NOTIFY channel workers LISTEN on: a commit that enqueued something wakes them at once.
 CHANNEL = "seedline_outbox"
@@ -206,6 +214,24 @@ async def enqueue_event(
     for row in rows:
         row["audit_event_id"] = audit_event_id
         row["payload"] = {"verb": event_type, "before": None, "after": payload}
+    return await _write(session, rows)
+
+
+async def enqueue_resend(
+    session: AsyncSession, *, integration_id: str, kind: str, changes: Sequence[AuditedChange], now: datetime
+) -> int:
+    """Queue ``changes`` again for one integration (a reconciliation PUSH of what the remote lacks).
+
+    They take the same path as first deliveries: ordered per resource, retried, looked up first
+    by connectors that can (so a record the remote has after all is not sent twice).
+    """
+    sub = _Subscriber(integration_id, kind, frozenset())
+    rows = []
+    for change in changes:
+        etype = event_type(change.resource, change.verb)
+        if etype is not None and change.license_id is not None:
+            row = _row(sub, change, change.license_id, etype, now)
+            rows.append(row)
     return await _write(session, rows)
 
 

@@ -7,6 +7,7 @@ import signal
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -42,7 +43,8 @@ async def start(
     await site.start()
     server = site._server  # the asyncio server: read the port actually bound
     assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sockets: list[Any] = list(getattr(server, "sockets", None) or [])
+    bound = sockets[0].getsockname()[1]
     return Running(runner, int(bound))
 
 
