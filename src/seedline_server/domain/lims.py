@@ -32,6 +32,8 @@ __all__ = ["EVENT_TYPE", "PublishedResult", "parse_event"]
 
 EVENT_TYPE = "lab_result.published"
 _ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+# OpenTHC's lab metric ids look like ULIDs but use every upper-case letter (018NY6XC00LM...).
+_METRIC_ID = re.compile(r"^[0-9A-Z]{26}$")
 _STATUS = {
     "pass": MetricStatus.PASS,
     "fail": MetricStatus.FAIL,
@@ -154,8 +156,8 @@ def parse_event(event: Any, *, event_id: str, now: datetime) -> PublishedResult:
             problems.append(FieldViolation(path, "must be an object"))
             continue
         mid = str(item.get("id", ""))
-        if not _ULID.fullmatch(mid):
-            problems.append(FieldViolation(f"{path}.id", "must be an OpenTHC lab metric id (ULID)"))
+        if not _METRIC_ID.fullmatch(mid):
+            problems.append(FieldViolation(f"{path}.id", "must be an OpenTHC lab metric id (26 characters)"))
             continue
         if mid in seen:
             problems.append(FieldViolation(f"{path}.id", "is listed twice"))
