@@ -138,7 +138,15 @@ def certs(
 
 
 @app.command()
-def dev() -> None:
+def dev(
+    fakes: Annotated[
+        bool,
+        typer.Option(
+            "--fakes/--no-fakes",
+            help="Also start the local fake METRC, BioTrackTHC, LIMS and webhook receiver (TLS, loopback).",
+        ),
+    ] = True,
+) -> None:
     """Start the whole local stack: embedded PostgreSQL, migrations, gRPC server and Envoy."""
     from seedline_server import edge, server
     from seedline_server.certs import write_dev_pki
@@ -146,6 +154,10 @@ def dev() -> None:
     settings = _settings()
     url, started = _database(settings)
     pki = write_dev_pki(settings.data_dir / "certs")
+    if settings.integration_ca_file is None:
+        # Connectors trust the dev CA, which signed the fakes' certificate.
+        settings = settings.model_copy(update={"integration_ca_file": pki.ca_cert})
+    running_fakes = _start_fakes(pki, settings.data_dir / "fakes") if fakes else []
     descriptor = REPO / "gen" / "seedline.protoset"
     envoy = edge.EnvoyProcess(admin_port=settings.envoy_admin_port, inherit_stdout=False)
 
@@ -183,13 +195,73 @@ Try:
       {rest}/v1/companies
 """
         )
+        for name, _proc, base, hint in running_fakes:
+            console.print(f"  {name:<26}{base}  ({hint})")
 
     try:
         asyncio.run(server.serve(settings, url, on_ready=ready, dev=True))
     finally:
         envoy.stop()
+        for _name, proc, _base, _hint in running_fakes:
+            proc.terminate()
+            proc.wait(10)
         _stop_embedded(settings, started)
         console.print("stopped")
+
+
+def _start_fakes(pki: Any, workdir: Path) -> list[tuple[str, Any, str, str]]:
+    """The local fakes for `seedline dev`, with known development credentials."""
+    from seedline_server.integrations.fakes import spawn
+
+    fakes: list[tuple[str, str, dict[str, Any], str]] = [
+        (
+            "fake METRC",
+            "metrc",
+            {
+                "vendor_keys": ["dev-vendor-key"],
+                "users": {"dev-user-key": ["DEV-LIC-1"]},
+                "facilities": [{"Number": "DEV-LIC-1", "Name": "Dev Farm", "LicenseType": "Cultivator"}],
+            },
+            "vendor key dev-vendor-key, user key dev-user-key, facility DEV-LIC-1",
+        ),
+        (
+            "fake BioTrackTHC",
+            "biotrack",
+            {
+                "accounts": [
+                    {
+                        "license_number": "123456789",
+                        "username": "dev",
+                        "password": "dev-password",
+                        "locations": ["1"],
+                    }
+                ]
+            },
+            "UBI 123456789, user dev / dev-password, location 1",
+        ),
+        (
+            "fake LIMS",
+            "lims",
+            {"api_keys": {"dev-lims-key": "DEV-LAB-1"}},
+            "API key dev-lims-key, lab DEV-LAB-1",
+        ),
+        (
+            "fake webhook receiver",
+            "webhook_receiver",
+            {"secret": "dev-webhook-signing-secret-0123456789abcdef"},
+            "POST /hooks/<any>, secret dev-webhook-signing-secret-0123456789abcdef",
+        ),
+    ]
+    started: list[tuple[str, Any, str, str]] = []
+    for name, module, config, hint in fakes:
+        try:
+            tls = {"cert": pki.server_cert, "key": pki.server_key}
+            proc, base = spawn(module, **tls, config=config, workdir=workdir)
+        except RuntimeError as exc:
+            console.print(f"[yellow]{name} did not start: {exc}[/]")
+            continue
+        started.append((name, proc, base, hint))
+    return started
 
 
 audit_app = typer.Typer(help="The audit trail's hash chains.", no_args_is_help=True)
