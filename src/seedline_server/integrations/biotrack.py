@@ -26,6 +26,8 @@ from seedline_server.integrations.connector import Job, Outcome, TestReport
 from seedline_server.integrations.transport import Exchange, RemoteError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from seedline_server.integrations.registry import Connectors, IntegrationRow
 
 __all__ = ["BioTrackConnector"]
@@ -47,6 +49,11 @@ class BioTrackConnector:
         self.training = bool(config.training_mode)
         self._login = (creds.username, creds.password)
         self._session: str | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The database engine (the planning step reads names and remembered barcodes)."""
+        return self._c.engine
 
     async def _post(
         self, doc: dict[str, Any], log: list[Exchange], summary: str, request_id: str
@@ -143,6 +150,8 @@ class BioTrackConnector:
                 summary=f"{p.summary} ({call.action})",
             )
             barcodes = answer.get("barcode_id")
+            if not (isinstance(barcodes, list) and barcodes) and answer.get("manifest_id"):
+                barcodes = [answer["manifest_id"]]  # a manifest is known by its manifest id
             if isinstance(barcodes, list) and barcodes and p.creates is not None:
                 remote_ids[p.creates] = str(barcodes[0])
         return Outcome(summary=p.summary, remote_ids=remote_ids)
@@ -154,7 +163,6 @@ class BioTrackConnector:
 
     async def test(self, log: list[Exchange]) -> TestReport:
         """Log in, then ``sync_check`` at the configured location."""
-
         t0 = time.perf_counter()
         try:
             self._session = None
