@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from seedline.audit.v1 import audit_pb2_grpc
 from seedline.auth.v1 import auth_pb2_grpc
+from seedline.integration.v1 import integration_pb2_grpc
 from seedline.inventory.v1 import inventory_pb2_grpc
 from seedline.lab.v1 import lab_pb2_grpc
 from seedline.license.v1 import license_pb2_grpc
@@ -29,6 +30,7 @@ from seedline.type.v1 import access_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server import contract
+from seedline_server.api import integration as integration_api
 from seedline_server.api import lab as lab_api
 from seedline_server.api import transfer as transfer_api
 from seedline_server.api import unimplemented
@@ -56,6 +58,7 @@ SYSTEM = Principal(name="system", kind="SYSTEM")
 _IMPLEMENTED = {
     "seedline.audit.v1.AuditService",
     "seedline.auth.v1.AuthService",
+    "seedline.integration.v1.IntegrationService",
     "seedline.inventory.v1.InventoryService",
     "seedline.lab.v1.LabResultService",
     "seedline.license.v1.LicenseService",
@@ -159,6 +162,7 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
     inventory_servicer = InventoryServicer(database)
     audit_servicer = AuditServicer(database)
     lab_servicer = await lab_api.build_servicer(settings, database)
+    integration_servicer = integration_api.build_servicer(settings, database, engine, keyring)
     feed = TransferFeed(
         database,
         database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
@@ -200,6 +204,7 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(inventory_servicer, server)
         lab_pb2_grpc.add_LabResultServiceServicer_to_server(lab_servicer, server)
         transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfer_servicer, server)
+        integration_pb2_grpc.add_IntegrationServiceServicer_to_server(integration_servicer, server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(audit_servicer, server)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(database, authenticator), server)
         server.add_generic_rpc_handlers(others)

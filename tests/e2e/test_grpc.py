@@ -8,12 +8,12 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from seedline.auth.v1 import auth_pb2, auth_pb2_grpc
-from seedline.integration.v1 import integration_pb2, integration_pb2_grpc
 from seedline.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from seedline.license.v1 import license_pb2 as lic
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2 as pl
 from seedline.plant.v1 import plant_pb2_grpc
+from seedline.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from seedline.type.v1 import esignature_pb2, quantity_pb2
 
 from tests.support import auth
@@ -216,17 +216,17 @@ def test_idempotent_create_returns_first_result(channel: grpc.Channel) -> None:
 
 
 def test_later_services_answer_unimplemented(channel: grpc.Channel) -> None:
-    stub = integration_pb2_grpc.IntegrationServiceStub(channel)
+    stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
     with pytest.raises(grpc.RpcError) as err:
-        stub.GetIntegration(
-            integration_pb2.GetIntegrationRequest(
-                name="licenses/01JD0000000000000000000000/integrations/01JD0000000000000000000000"
+        stub.GetSensor(
+            telemetry_pb2.GetSensorRequest(
+                name="licenses/01JD0000000000000000000000/sensors/01JD0000000000000000000000"
             )
         )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     info, _ = details(err.value)
     assert info.reason == "NOT_IMPLEMENTED"
-    assert "issue #6" in (err.value.details() or "")
+    assert "issue #7" in (err.value.details() or "")
 
 
 def test_forwarded_cert_header_is_ignored_on_direct_listener(stack: EdgeProcess) -> None:

@@ -21,9 +21,9 @@ from tests.support.stack import ServerProcess
 pytestmark = pytest.mark.e2e
 
 
-def test_sigterm_lets_in_flight_calls_finish(pg_url: str, tmp_path: Path) -> None:
+def test_sigterm_lets_in_flight_calls_finish(e2e_pg_url: str, tmp_path: Path) -> None:
     server = ServerProcess(
-        database_url=pg_url, data_dir=tmp_path, extra_env={"SEEDLINE_SHUTDOWN_GRACE_SECONDS": "20"}
+        database_url=e2e_pg_url, data_dir=tmp_path, extra_env={"SEEDLINE_SHUTDOWN_GRACE_SECONDS": "20"}
     )
     server.start()
     try:

@@ -154,7 +154,7 @@ def test_unknown_path_is_json_404(rest: httpx.Client) -> None:
 
 
 def test_unimplemented_is_json_501(rest: httpx.Client) -> None:
-    response = rest.get("/v1/licenses/01JD0000000000000000000000/integrations/01JD0000000000000000000000")
+    response = rest.get("/v1/licenses/01JD0000000000000000000000/sensors/01JD0000000000000000000000")
     assert response.status_code == 501
     assert reason(response.json()) == "NOT_IMPLEMENTED"
 

@@ -78,6 +78,9 @@ class ServerProcess:
     edge_port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # A CA (and a 127.0.0.1/localhost server certificate) the server trusts for outbound calls:
+    # tests serve their remotes (webhook receivers, fakes) with ``integration_pki.server_cert``.
+    integration_pki: DevPki | None = None
 
     @property
     def target(self) -> str:
@@ -97,8 +100,10 @@ class ServerProcess:
             **UNLIMITED_GRPC_ENV,
         )
         env.update(auth.SERVER_ENV)  # trust the tests' JWT secret; the e2e partner is an admin
-        env.update(self.extra_env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.integration_pki = write_dev_pki(self.data_dir / "integration-pki")
+        env["SEEDLINE_INTEGRATION_CA_FILE"] = str(self.integration_pki.ca_cert)
+        env.update(self.extra_env)
         log = (self.data_dir / "server.log").open("wb")
         self.proc = subprocess.Popen(
             [str(BIN / "seedline"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
