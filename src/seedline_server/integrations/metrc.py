@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MetrcConnector"]
 
+_RATE_MARGIN = 0.96
+
 
 def _body(rows: list[dict[str, Any]] | None) -> bytes:
     return json.dumps(rows, separators=(",", ":"), default=str).encode() if rows is not None else b""
@@ -59,8 +61,11 @@ class MetrcConnector:
         vendor = hashlib.sha256(creds.vendor_key.encode()).hexdigest()[:16]
         s = connectors.settings
         # Small bursts: we keep to the rate while METRC's own buckets stay nearly full.
-        self._vendor = Bucket(f"metrc:{host}:vendor:{vendor}", s.metrc_rate_per_vendor_key, 1.0)
-        self._gets = Bucket(f"metrc:{host}:get:{self.facility}", s.metrc_get_rate_per_facility, 1.0)
+        # A little under METRC's rates: requests leave our bucket evenly spaced but arrive with
+        # network and scheduling jitter, and METRC counts them in any one-second window.
+        margin = _RATE_MARGIN
+        self._vendor = Bucket(f"metrc:{host}:vendor:{vendor}", s.metrc_rate_per_vendor_key * margin, 1.0)
+        self._gets = Bucket(f"metrc:{host}:get:{self.facility}", s.metrc_get_rate_per_facility * margin, 1.0)
         self._slot_key = f"metrc:{host}:inflight:{self.facility}"
         self._slots = s.metrc_concurrency_per_facility
         self.records = RecordReader(connectors.engine, row.license_id, row.id)
@@ -85,7 +90,9 @@ class MetrcConnector:
             query["licenseNumber"] = self.facility
         limits = self._c.limits
         await limits.take([self._vendor, self._gets] if method == "GET" else [self._vendor])
-        async with limits.slot(self._slot_key, self._slots):
+        # The lease outlasts the longest call, so a live worker never loses its slot mid-call.
+        lease = self._c.settings.integration_timeout_seconds + 10
+        async with limits.slot(self._slot_key, self._slots, lease_seconds=lease):
             try:
                 answer = await self._c.http.call(
                     method,

@@ -8,6 +8,7 @@ small queries per delivery and hands plain facts to :mod:`metrc_mapping`.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -28,6 +29,7 @@ from seedline_server.store import models
 
 __all__ = ["RecordReader"]
 
+NAME_TTL = 30.0  # seconds a display name read from the database is reused
 _PLANT_PHASE_NAMES = {1: "CLONE", 2: "SEEDLING", 3: "VEGETATIVE", 4: "FLOWERING", 5: "HARVESTED"}
 _ACTIVE_PLANT = 1  # PlantState ACTIVE
 _DEPLETED_OR_GONE = frozenset({"DEPLETED", "DESTROYED"})
@@ -45,6 +47,9 @@ class RecordReader:
         self._engine = engine
         self.license_id = license_id
         self.integration_id = integration_id
+        # Display names of varieties, sections, products and collections rarely change; each is
+        # read at most every NAME_TTL seconds, which spares most deliveries a query.
+        self._names_cache: dict[tuple[str, str], tuple[float, str]] = {}
 
     # -- deliveries ----------------------------------------------------------------------------
 
@@ -66,11 +71,22 @@ class RecordReader:
         return None
 
     async def _names(self, session: AsyncSession, model: Any, ids: list[str]) -> dict[str, str]:
-        ids = [i for i in ids if i]
-        if not ids:
-            return {}
-        rows = await session.execute(select(model.id, model.display_name).where(model.id.in_(ids)))
-        return {r[0]: r[1] for r in rows}
+        now = time.monotonic()
+        table = model.__tablename__
+        out: dict[str, str] = {}
+        missing: list[str] = []
+        for i in dict.fromkeys(i for i in ids if i):
+            hit = self._names_cache.get((table, i))
+            if hit is not None and hit[0] > now:
+                out[i] = hit[1]
+            else:
+                missing.append(i)
+        if missing:
+            rows = await session.execute(select(model.id, model.display_name).where(model.id.in_(missing)))
+            for rid, name in rows:
+                out[rid] = name
+                self._names_cache[(table, rid)] = (now + NAME_TTL, name)
+        return out
 
     async def _plant(
         self, session: AsyncSession, verb: str, before: dict[str, Any], after: dict[str, Any]

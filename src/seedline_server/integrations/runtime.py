@@ -38,6 +38,7 @@ class Runtime:
         try:
             await asyncio.gather(*parts)
         finally:
+            await self.connectors.limits.close()
             await self.http.aclose()
 
 

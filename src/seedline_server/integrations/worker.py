@@ -34,10 +34,11 @@ from typing import Any
 import structlog
 from sqlalchemy import insert, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from ulid import ULID
 
-from seedline_server.integrations.connector import Connector, Job
+from seedline_server.integrations.connector import Connector, Job, Outcome
 from seedline_server.integrations.transport import Exchange, RemoteError
 from seedline_server.service.outbox import CHANNEL
 from seedline_server.store import integration_models as im
@@ -342,6 +343,12 @@ class OutboxWorker:
             return
         for e in exchanges:
             e.retry_count = job.attempt - 1
+        try:
+            await self._record_delivered(job, outcome, exchanges)
+        except IntegrityError:  # the integration was deleted meanwhile, its deliveries with it
+            log.info("integration deleted during delivery", delivery=job.id)
+
+    async def _record_delivered(self, job: Job, outcome: Outcome, exchanges: list[Exchange]) -> None:
         async with self._engine.begin() as conn:
             done = (await conn.execute(_DELIVERED, {"id": job.id, "attempt": job.attempt})).rowcount
             if exchanges:
@@ -370,6 +377,17 @@ class OutboxWorker:
             e.retry_count = job.attempt - 1
         if exchanges and dead and exchanges[-1].status == "RETRY":
             exchanges[-1].status = "ERROR"  # not retried after all: the log must say so
+        try:
+            await self._record_failure(job, exc, exchanges, dead)
+        except IntegrityError:  # the integration was deleted meanwhile, its deliveries with it
+            log.info("integration deleted during delivery", delivery=job.id)
+            return
+        self.failed += 1
+
+    async def _record_failure(
+        self, job: Job, exc: RemoteError, exchanges: list[Exchange], dead: bool
+    ) -> None:
+        s = self.settings
         error = exc.detail[:2000]
         async with self._engine.begin() as conn:
             if dead:
@@ -399,7 +417,6 @@ class OutboxWorker:
                 ).scalar()
                 if state == "OPEN":
                     log.warning("circuit breaker open", integration=job.integration_id, error=error)
-        self.failed += 1
 
     # -- the breaker's half-open probe -------------------------------------------------------
 
