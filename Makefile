@@ -58,6 +58,7 @@ pytest: install
 bench: install
 	$(BIN)/python bench/bench_rpc.py
 	$(BIN)/python bench/bench_inventory.py
+	$(BIN)/python bench/bench_integrations.py
 
 clean:
 	rm -rf $(VENV) .seedline

@@ -169,7 +169,7 @@ async def main(args: argparse.Namespace) -> None:
             state = fake.state()
             delivered = states.get("DELIVERED", 0)
             stats = state.get("stats", {})
-            seen_429 = stats.get("rate_limited", stats.get("by_status", {}).get("429", 0))
+            seen_429 = int(stats.get("by_status", {}).get("429", 0))
             floor = args.plants / RATE
             rows = [
                 ("baseline (bare client)", base_s, args.plants / base_s, base_429),
@@ -177,7 +177,7 @@ async def main(args: argparse.Namespace) -> None:
             ]
             print(f"{'':28}{'wall s':>9}{'floor s':>9}{'vs floor':>10}{'req/s':>9}{'429s':>6}")
             for name, secs, rate, limited in rows:
-                print(f"{name:28}{secs:9.1f}{floor:9.1f}{secs / floor - 1:+10.1%}{rate:9.1f}{limited!s:>6}")
+                print(f"{name:28}{secs:9.1f}{floor:9.1f}{secs / floor - 1:+10.1%}{rate:9.1f}{limited:6d}")
             print()
             batches = len(state.get("plant_batches", {}))
             print(f"delivered {delivered}/{args.plants} (states {states}); batches at the fake {batches}")

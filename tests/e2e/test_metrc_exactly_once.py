@@ -71,6 +71,7 @@ async def engine(migrated: str) -> AsyncIterator[AsyncEngine]:
     await e.dispose()
 
 
+@pytest.mark.timeout(600)
 async def test_ten_thousand_registrations_arrive_exactly_once(
     database: Database, migrated: str, engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -89,7 +90,9 @@ async def test_ten_thousand_registrations_arrive_exactly_once(
     try:
         farm = await load.make_farm(database, fake.base_url, number)
         fake.post("/_fake/faults", FAULTS)
-        await load.create_plants(database, farm, PLANTS)
+        created_s = await load.create_plants(database, farm, PLANTS)
+        print(f"\ncreated {PLANTS} plants (and their outbox rows) in {created_s:.1f} s")
+        t0 = time.monotonic()
         env = load.worker_env(
             migrated,
             pki.ca_cert,
@@ -121,17 +124,20 @@ async def test_ten_thousand_registrations_arrive_exactly_once(
         workers.append(load.start_worker(env, log))
 
         states = await load.wait_delivered(engine, farm.integration_id, PLANTS, within=300)
+        print(f"delivered in {time.monotonic() - t0:.1f} s: {states}")
         assert states == {"DELIVERED": PLANTS}, (states, log.read_text()[-3000:])
 
         async with engine.connect() as conn:
             ids = (
                 await conn.scalars(select(models.Plant.id).where(models.Plant.license_id == farm.license_id))
             ).all()
-            taken_over = await conn.scalar(
-                select(func.count()).where(
-                    im.Delivery.integration_id == farm.integration_id, im.Delivery.attempts > 1
+            retried, extra_attempts = (
+                await conn.execute(
+                    select(
+                        func.count().filter(im.Delivery.attempts > 1), func.sum(im.Delivery.attempts - 1)
+                    ).where(im.Delivery.integration_id == farm.integration_id)
                 )
-            )
+            ).one()
         expected = {metrc_mapping.label_for(i) for i in ids}
         assert len(expected) == PLANTS
 
@@ -151,10 +157,10 @@ async def test_ten_thousand_registrations_arrive_exactly_once(
         )
         assert sum(fired.values()) >= PLANTS * 0.03
         assert len(state["duplicate_attempts"]) >= fired["apply_then_500"]
-        assert taken_over >= sum(fired.values())
+        assert extra_attempts >= sum(fired.values())  # every fault cost its delivery an attempt
         print(
             f"\n{PLANTS} plants: faults fired {fired}; {in_flight_at_kill} in flight when a worker was "
-            f"SIGKILLed; {taken_over} deliveries needed more than one attempt; "
+            f"SIGKILLed; {retried} deliveries needed more than one attempt ({extra_attempts} extra); "
             f"{len(state['duplicate_attempts'])} re-sends refused by the fake as duplicates"
         )
     finally:

@@ -69,9 +69,9 @@ class Farm:
     integration_id: str
 
 
-async def make_farm(database: Database, metrc_url: str) -> Farm:
-    """A license with a section, a variety and an enabled METRC integration at ``metrc_url``."""
-    number = f"LOAD-{uuid.uuid4().hex[:8].upper()}"
+async def make_farm(database: Database, metrc_url: str, number: str | None = None) -> Farm:
+    """A license (``number``) with a section, a variety and a METRC integration at ``metrc_url``."""
+    number = number or f"LOAD-{uuid.uuid4().hex[:8].upper()}"
     iid = str(ULID())
 
     async def run(uow: UnitOfWork) -> Farm:

@@ -248,6 +248,7 @@ def test_labels_are_metrc_tags(record_id: str) -> None:
     label = m.label_for(record_id)
     assert len(label) == 24
     assert label.startswith("1A")
+    assert label[2:].isdigit()  # METRC tags end in a serial number
     assert m.label_for(record_id, display_name="1A4FF0100000022000000009") == "1A4FF0100000022000000009"
     assert m.label_for(record_id, display_name="Plant #3") == label
 

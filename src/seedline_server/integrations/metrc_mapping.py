@@ -26,8 +26,8 @@ transfer committed                       ``POST /transfers/v2/templates/outgoing
 ======================================  ==============================================================
 
 Labels: METRC tags are 24 characters (``1A`` + 22). A plant or lot whose display name already is a
-tag keeps it; otherwise the label is ``1A`` + the last 22 hex digits of its ULID (88 random-ish
-bits: unique per record). A lot's ``state_tag`` wins when set.
+tag keeps it; otherwise the label is ``1A`` + its ULID's low 73 bits as 22 decimal digits
+(METRC tags end in a serial number). A lot's ``state_tag`` wins when set.
 """
 
 from __future__ import annotations
@@ -126,8 +126,10 @@ def label_for(record_id: str, display_name: str = "", state_tag: str = "") -> st
     for candidate in (state_tag, display_name):
         if candidate and _TAG.fullmatch(candidate):
             return candidate
-    low = int.from_bytes(ULID.from_str(record_id).bytes, "big") & ((1 << 88) - 1)
-    return "1A" + f"{low:022X}"
+    # 73 low bits of the ULID (its randomness; ULIDs of one millisecond differ there) as 22
+    # decimal digits: METRC tags end in a serial number, and 2**73 < 10**22.
+    low = int.from_bytes(ULID.from_str(record_id).bytes, "big") & ((1 << 73) - 1)
+    return f"1A{low:022d}"
 
 
 def day(value: Any) -> str:
