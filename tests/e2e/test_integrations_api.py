@@ -514,10 +514,13 @@ def test_webhook_over_rest(rest: httpx.Client, receiver: Receiver) -> None:
     patched = rest.patch(
         f"/v1/{name}",
         params={"updateMask": "displayName"},
-        json={**got.json(), "displayName": "REST hooks v2"},
+        json={"displayName": "REST hooks v2", "etag": got.json()["etag"]},  # only what changes (AIP-134)
     )
     assert patched.status_code == 200, patched.text
     assert patched.json()["displayName"] == "REST hooks v2"
+    assert patched.json()["webhook"]["url"] == receiver.url  # the rest is kept
+    blank = rest.patch(f"/v1/{name}", params={"updateMask": "displayName"}, json={"displayName": ""})
+    assert blank.status_code == 400  # what the mask names is still validated
     assert SECRET not in patched.text
 
     bad_range = rest.get(

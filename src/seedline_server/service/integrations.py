@@ -18,7 +18,7 @@ written to the integration log in a second one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -366,6 +366,8 @@ async def update_integration(
 ) -> View:
     """Change the masked fields; credentials are replaced only when named (or given with no mask)."""
     row = await _lock(uow, license_id, integration_id)
+    if not spec.kind:  # a partial update need not restate the kind
+        spec = replace(spec, kind=row.kind)
     if spec.kind != row.kind:
         raise InvalidArgument(
             f"the kind of an integration is immutable (this one is {row.kind})",
