@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +35,25 @@ def test_a_valid_hs256_token_verifies(hs: JwtVerifier) -> None:
     assert hs.verify(jwt.encode(claims(), SECRET, algorithm="HS256"))["sub"] == "alice"
 
 
+# Claims are made when the test runs, not when it is collected: a long suite would otherwise
+# reach the "not yet valid" time before this test does.
 @pytest.mark.parametrize(
     "bad",
     [
-        {"exp": int(time.time()) - 120},  # expired (beyond the 30 s leeway)
-        {"nbf": int(time.time()) + 120},  # not yet valid
-        {"iss": "someone-else"},
-        {"aud": "another-service"},
-        {"sub": None},  # required
-        {"exp": None},  # required
+        lambda: {"exp": int(time.time()) - 120},  # expired (beyond the 30 s leeway)
+        lambda: {"nbf": int(time.time()) + 120},  # not yet valid
+        lambda: {"iss": "someone-else"},
+        lambda: {"aud": "another-service"},
+        lambda: {"sub": None},  # required
+        lambda: {"exp": None},  # required
     ],
     ids=["expired", "not-before", "issuer", "audience", "no-sub", "no-exp"],
 )
-def test_every_failed_check_is_the_same_opaque_error(hs: JwtVerifier, bad: dict[str, Any]) -> None:
+def test_every_failed_check_is_the_same_opaque_error(
+    hs: JwtVerifier, bad: Callable[[], dict[str, Any]]
+) -> None:
     with pytest.raises(CredentialsInvalid) as err:
-        hs.verify(jwt.encode(claims(**bad), SECRET, algorithm="HS256"))
+        hs.verify(jwt.encode(claims(**bad()), SECRET, algorithm="HS256"))
     assert err.value.message == "the credential is not valid"
 
 
