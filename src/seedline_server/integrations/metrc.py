@@ -239,9 +239,14 @@ class MetrcConnector:
         return out
 
     async def sync_scope(self, run: RunSpec, scope: str, log: list[Exchange]) -> ScopeResult:
-        """Pull: compare METRC's records with ours. Push: resend through the outbox what METRC lacks."""
+        """Pull: compare METRC's records with ours. Push: resend through the outbox what METRC lacks.
+
+        Both read METRC's lists first (a push must know what is missing). Differences are stored
+        for PULL and BOTH; PUSH and BOTH queue what METRC lacks, to be looked up before sending.
+        Immature plants are not compared: METRC knows them only as batch counts.
+        """
         result = ScopeResult()
-        remote = await self._remote(scope, run, log) if run.direction == "PULL" or run.mode == "FULL" else []
+        remote = await self._remote(scope, run, log)
         if scope == "PLANTS":
             theirs = {p.label: p for p in (m.plant_from_metrc(o) for o in remote)}
             ours = await self.records.local_plants(since=run.since if run.mode == "INCREMENTAL" else None)
@@ -254,7 +259,7 @@ class MetrcConnector:
         for label, local in ours.items():
             other = theirs.get(label)
             if other is None:
-                if run.mode == "FULL" or run.direction == "PUSH":
+                if run.mode == "FULL" or run.direction != "PULL":
                     differences.append(
                         Difference(scope, "MISSING_REMOTE", local.resource, label, local.value, "")
                     )
@@ -274,11 +279,11 @@ class MetrcConnector:
                         Difference(scope, "MISSING_LOCAL", "", label, "", m.describe_remote(other))
                     )
         await self.records.remember(matched)
-        if run.direction == "PUSH":
+        if run.direction in ("PUSH", "BOTH"):
             missing = [d.resource for d in differences if d.kind == "MISSING_REMOTE"]
             result.pushed = await self.records.resend(missing, scope)
-            return ScopeResult(pushed=result.pushed)
-        result.differences = differences
+        if run.direction != "PUSH":
+            result.differences = differences
         return result
 
 

@@ -231,6 +231,7 @@ async def enqueue_resend(
         etype = event_type(change.resource, change.verb)
         if etype is not None and change.license_id is not None:
             row = _row(sub, change, change.license_id, etype, now)
+            row["maybe_sent"] = True  # the remote may have it after all: connectors look first
             rows.append(row)
     return await _write(session, rows)
 
