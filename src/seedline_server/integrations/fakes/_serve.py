@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,3 +68,22 @@ def run_forever(
         await running.stop()
 
     asyncio.run(main())
+
+
+def command_line(
+    make_app: Callable[[dict[str, Any] | None], web.Application],
+    *,
+    name: str,
+    description: str,
+    argv: list[str] | None = None,
+) -> None:
+    """The command line every fake shares: ``--host --port --cert --key --config``, then serve."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed once bound)")
+    parser.add_argument("--cert", type=Path, help="TLS certificate (PEM); plain HTTP without it")
+    parser.add_argument("--key", type=Path, help="TLS private key (PEM)")
+    parser.add_argument("--config", type=Path, help="a JSON file with the fake's configuration")
+    args = parser.parse_args(argv)
+    config = json.loads(args.config.read_text(encoding="utf-8")) if args.config else None
+    run_forever(make_app(config), name=name, host=args.host, port=args.port, cert=args.cert, key=args.key)

@@ -41,7 +41,6 @@ replaces the configuration), ``POST /_fake/sessions/expire`` (every open session
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import enum
 import hashlib
@@ -53,7 +52,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
@@ -1135,24 +1133,14 @@ def make_app(config: Mapping[str, Any] | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the fake until SIGTERM/SIGINT (``python -m seedline_server.integrations.fakes.biotrack``)."""
-    from seedline_server.integrations.fakes import _serve
+    """Serve until SIGTERM/SIGINT (``python -m seedline_server.integrations.fakes.biotrack``)."""
+    from seedline_server.integrations.fakes._serve import command_line
 
-    parser = argparse.ArgumentParser(description="A local fake BioTrackTHC v1 (serverjson.asp).")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--cert", type=Path)
-    parser.add_argument("--key", type=Path)
-    parser.add_argument("--config", type=Path, help="JSON file with accounts and session_ttl_s")
-    args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text()) if args.config else {}
-    _serve.run_forever(
-        make_app(config),
+    command_line(
+        make_app,
         name="fake BioTrackTHC",
-        host=args.host,
-        port=args.port,
-        cert=args.cert,
-        key=args.key,
+        description="A local fake BioTrackTHC v1 (serverjson.asp).",
+        argv=argv,
     )
 
 

@@ -33,7 +33,6 @@ Run: ``python -m seedline_server.integrations.fakes.lims --host 127.0.0.1 --port
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
@@ -45,7 +44,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,7 +51,7 @@ from aiohttp import web
 from ulid import ULID
 
 from seedline_server.integrations import signing
-from seedline_server.integrations.fakes import _faults, _serve
+from seedline_server.integrations.fakes import _faults
 
 __all__ = ["EVENT_TYPE", "FakeLims", "Refused", "check_lab_sample", "lab_result_event", "main", "make_app"]
 
@@ -560,17 +558,11 @@ def make_app(config: dict[str, Any] | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the fake LIMS until SIGTERM (the command line of the module)."""
-    parser = argparse.ArgumentParser(description="A fake LIMS (OpenTHC-shaped) for Seedline.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--cert", type=Path)
-    parser.add_argument("--key", type=Path)
-    parser.add_argument("--config", type=Path, help="a JSON file with the configuration")
-    args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text()) if args.config else None
-    _serve.run_forever(
-        make_app(config), name="fake LIMS", host=args.host, port=args.port, cert=args.cert, key=args.key
+    """Serve until SIGTERM/SIGINT (``python -m seedline_server.integrations.fakes.lims``)."""
+    from seedline_server.integrations.fakes._serve import command_line
+
+    command_line(
+        make_app, name="fake LIMS", description="A fake LIMS (OpenTHC-shaped) for Seedline.", argv=argv
     )
 
 

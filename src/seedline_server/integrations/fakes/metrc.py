@@ -25,7 +25,6 @@ Run it with ``python -m seedline_server.integrations.fakes.metrc --host H --port
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -37,7 +36,6 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Mutabl
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import BasicAuth, web
@@ -51,7 +49,6 @@ from seedline_server.integrations.fakes._faults import (
     partial_rejected_rows,
     retry_after,
 )
-from seedline_server.integrations.fakes._serve import run_forever
 
 __all__ = [
     "STATE_KEY",
@@ -1983,23 +1980,10 @@ def make_app(config: Mapping[str, Any] | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m seedline_server.integrations.fakes.metrc``: serve until SIGTERM/SIGINT.
+    """Serve until SIGTERM/SIGINT (``python -m seedline_server.integrations.fakes.metrc``)."""
+    from seedline_server.integrations.fakes._serve import command_line
 
-    Args:
-        argv: Command-line arguments (default: ``sys.argv[1:]``).
-
-    """
-    parser = argparse.ArgumentParser(description="A local fake METRC v2 server.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--cert", type=Path)
-    parser.add_argument("--key", type=Path)
-    parser.add_argument("--config", type=Path, help="JSON configuration file")
-    args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text(encoding="utf-8")) if args.config else None
-    run_forever(
-        make_app(config), name="fake METRC", host=args.host, port=args.port, cert=args.cert, key=args.key
-    )
+    command_line(make_app, name="fake METRC", description="A local fake METRC v2 server.", argv=argv)
 
 
 if __name__ == "__main__":

@@ -23,19 +23,17 @@ Run: ``python -m seedline_server.integrations.fakes.webhook_receiver --host 127.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from seedline_server.integrations import signing
-from seedline_server.integrations.fakes import _faults, _serve
+from seedline_server.integrations.fakes import _faults
 
 __all__ = ["Receiver", "main", "make_app"]
 
@@ -222,22 +220,14 @@ def make_app(config: dict[str, Any] | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the fake receiver until SIGTERM (the command line of the module)."""
-    parser = argparse.ArgumentParser(description="A fake webhook receiver for Seedline's events.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--cert", type=Path)
-    parser.add_argument("--key", type=Path)
-    parser.add_argument("--config", type=Path, help="a JSON file with the configuration")
-    args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text()) if args.config else None
-    _serve.run_forever(
-        make_app(config),
+    """Serve until SIGTERM/SIGINT (``python -m seedline_server.integrations.fakes.webhook_receiver``)."""
+    from seedline_server.integrations.fakes._serve import command_line
+
+    command_line(
+        make_app,
         name="fake webhook receiver",
-        host=args.host,
-        port=args.port,
-        cert=args.cert,
-        key=args.key,
+        description="A fake webhook receiver for Seedline's events.",
+        argv=argv,
     )
 
 
