@@ -27,7 +27,7 @@ from seedline_server.integrations.fakes import _serve
 from seedline_server.integrations.fakes import metrc as fake_metrc
 from seedline_server.integrations.limits import SharedLimits
 from seedline_server.integrations.registry import Connectors
-from seedline_server.integrations.sync import SyncRunner
+from seedline_server.integrations.sync import Scheduler, SyncRunner
 from seedline_server.integrations.transport import Exchange, Http
 from seedline_server.integrations.worker import OutboxWorker, WorkerSettings
 from seedline_server.service import integrations as integration_cases
@@ -306,3 +306,46 @@ async def test_incremental_pulls_stay_inside_24_hour_windows(database: Database,
         ).scalar_one()
     assert state == "SUCCEEDED", error
     assert calls >= 3 * 3  # 60 hours = 3 windows, each over the three plant lists
+
+
+async def test_schedule_plants_every_4_hours_inventory_daily_and_a_weekly_full_sync(
+    database: Database, rig: Rig
+) -> None:
+    scheduler = Scheduler(rig.engine)
+    runner = SyncRunner(rig.engine, rig.connectors)
+
+    async def due_at(at: datetime) -> tuple[str, list[str], datetime | None] | None:
+        await scheduler.tick(at)
+        async with rig.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(im.SyncRun.id, im.SyncRun.mode, im.SyncRun.scopes, im.SyncRun.since_time).where(
+                        im.SyncRun.integration_id == rig.farm.integration_id, im.SyncRun.state == "QUEUED"
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        for _ in range(50):  # run it (and whatever else is queued) to the end
+            async with rig.engine.connect() as conn:
+                state = await conn.scalar(select(im.SyncRun.state).where(im.SyncRun.id == row.id))
+            if state != "QUEUED" and state != "RUNNING":
+                assert state == "SUCCEEDED", state
+                return row.mode, sorted(row.scopes), row.since_time
+            await runner.run_one()
+        raise AssertionError("the scheduled run did not finish")
+
+    # The scheduler is asked at simulated times; runs record their real completion time, t0.
+    t0 = datetime.now(UTC)
+    assert await due_at(t0) == ("FULL", ["INVENTORY", "PLANTS"], None)  # never synced: a full run
+    assert await due_at(t0 + timedelta(hours=1)) is None
+    mode, scopes, since = await due_at(t0 + timedelta(hours=4, minutes=1)) or ("", [], None)
+    assert (mode, scopes) == ("INCREMENTAL", ["PLANTS"])
+    assert since is not None
+    assert since >= t0 - timedelta(minutes=1)
+    daily = await due_at(t0 + timedelta(days=1, minutes=1))
+    assert daily is not None
+    assert daily[:2] == ("INCREMENTAL", ["INVENTORY", "PLANTS"])
+    weekly = await due_at(t0 + timedelta(days=7, minutes=1))
+    assert weekly is not None
+    assert weekly[:2] == ("FULL", ["INVENTORY", "PLANTS"])

@@ -51,6 +51,8 @@ SYNC_CHANNEL = "seedline_sync"
 # scope → how often an INCREMENTAL pull is due; FULL reconciliation of all of them weekly.
 SCHEDULE: dict[str, timedelta] = {"PLANTS": timedelta(hours=4), "INVENTORY": timedelta(days=1)}
 FULL_EVERY = timedelta(days=7)
+# The kinds whose connector pulls and reconciles (BioTrackTHC's sync_* reads are not mapped yet).
+SCHEDULED_KINDS = ("METRC",)
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,9 @@ _CLAIM = text(
 
 _SCHEDULED_RUN = text(
     """
-    INSERT INTO sync_runs (id, integration_id, state, scopes, mode, direction, trigger, counts, create_time)
-    VALUES (:id, :i, 'QUEUED', :scopes, :mode, 'PULL', 'SCHEDULE', '{}', :now)
+    INSERT INTO sync_runs
+           (id, integration_id, state, scopes, mode, direction, trigger, counts, create_time, since_time)
+    VALUES (:id, :i, 'QUEUED', :scopes, :mode, 'PULL', 'SCHEDULE', '{}', :now, :since)
     ON CONFLICT DO NOTHING RETURNING id
     """
 )
@@ -390,7 +393,7 @@ class Scheduler:
                     .outerjoin(c, c.integration_id == i.id)
                     .where(
                         i.enabled.is_(True),
-                        i.kind.in_(["METRC", "BIOTRACKTHC"]),
+                        i.kind.in_(SCHEDULED_KINDS),
                         i.credentials.is_not(None),
                         i.breaker_state != "OPEN",
                     )
@@ -404,6 +407,7 @@ class Scheduler:
             created = []
             for iid, scopes in cursors.items():
                 fulls = [scopes.get(s, (None, None))[1] for s in SCHEDULE]
+                since: datetime | None = None
                 if any(f is None or now - f >= FULL_EVERY for f in fulls):
                     due, mode = list(SCHEDULE), "FULL"
                 else:
@@ -413,13 +417,19 @@ class Scheduler:
                         if (last := scopes.get(s, (None, None))[0]) is None or now - last >= every
                     ]
                     mode = "INCREMENTAL"
+                    # Pull what changed since the oldest of their last successes (in METRC's
+                    # 24-hour lastModified windows).
+                    lasts = [t for s in due if (t := scopes.get(s, (None, None))[0]) is not None]
+                    since = min(lasts) if due and len(lasts) == len(due) else None
+                    if due and since is None:
+                        mode = "FULL"
                 if not due:
                     continue
                 run_id = str(ULID())
                 inserted = (
                     await conn.execute(
                         _SCHEDULED_RUN,
-                        {"id": run_id, "i": iid, "scopes": due, "mode": mode, "now": now},
+                        {"id": run_id, "i": iid, "scopes": due, "mode": mode, "now": now, "since": since},
                     )
                 ).scalar()
                 if inserted:
