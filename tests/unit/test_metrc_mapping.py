@@ -196,6 +196,8 @@ def test_lot_from_a_harvest_and_from_packages() -> None:
         {"Package": "1A4FF0100000022000000001", "Quantity": 20, "UnitOfMeasure": "Grams"}
     ]
     assert not m.lot_created("CREATE", lot("1"), facts).calls  # initial inventory: nothing to report
+    received = m.LotFacts(**vars(facts) | {"ingredients": [("1A4FF0100000022000000001", Decimal(5))]})
+    assert not m.lot_created("CREATE_BY_TRANSFER", lot("5"), received).calls
 
 
 @pytest.mark.parametrize(("reason", "metrc"), [(3, "Scale Variance"), (5, "Theft"), (4, "Entry Error")])

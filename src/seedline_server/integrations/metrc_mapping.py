@@ -307,6 +307,8 @@ class LotFacts:
 
 def lot_created(verb: str, after: dict[str, Any], f: LotFacts) -> Plan:
     """A new lot becomes a METRC package, from a harvest or from other packages."""
+    if verb == "CREATE_BY_TRANSFER":
+        return Plan("")  # a received lot: METRC moves the shipper's package when the transfer is accepted
     when = day(after.get("create_time"))
     quantity = amount(after.get("quantity"))
     lookup = f"/packages/v2/{f.label}"

@@ -104,8 +104,9 @@ class RecordReader:
         if verb == "CREATE":
             return m.plant_created(after, facts)
         if verb == "RAW_COLLECTED" and after.get("collection"):
-            names = await self._names(session, models.Collection, [_id(str(after["collection"]))])
-            after = after | {"collection_name": names.get(_id(str(after["collection"])), "")}
+            cid = _id(str(after["collection"]))
+            names = await self._names(session, models.Collection, [cid])
+            after = after | {"collection_name": names.get(cid) or cid}  # METRC needs a harvest name
         return m.plant_changed(verb, before, after, facts)
 
     async def _lot_facts(self, session: AsyncSession, job: Job, after: dict[str, Any]) -> m.LotFacts:
@@ -124,8 +125,9 @@ class RecordReader:
             unit = m.UNIT_NAMES.get(counting.dimension.name, "Grams")
         harvest = ""
         if after.get("source_collection"):
-            names = await self._names(session, models.Collection, [_id(str(after["source_collection"]))])
-            harvest = names.get(_id(str(after["source_collection"])), "")
+            cid = _id(str(after["source_collection"]))
+            names = await self._names(session, models.Collection, [cid])
+            harvest = names.get(cid) or cid  # the same name the plants were harvested under
         ingredients: list[tuple[str, Decimal]] = []
         if after.get("source_lots") and not harvest:
             resource = f"licenses/{self.license_id}/lots/{lot_id}"
