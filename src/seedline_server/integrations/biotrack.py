@@ -59,15 +59,9 @@ class BioTrackConnector:
         self, doc: dict[str, Any], log: list[Exchange], summary: str, request_id: str
     ) -> dict[str, Any]:
         body = json.dumps(doc, separators=(",", ":"), default=str).encode()
-        try:
-            answer = await self._c.http.call(
-                "POST", self.url, content=body, summary=summary, request_id=request_id
-            )
-        except RemoteError as exc:
-            if exc.exchange is not None:
-                log.append(exc.exchange)
-            raise
-        log.append(answer.exchange)
+        answer = await self._c.http.call(
+            "POST", self.url, content=body, summary=summary, request_id=request_id, log=log
+        )
         if not isinstance(answer.body, dict):
             raise RemoteError(
                 "BioTrackTHC answered with something other than a JSON object",

@@ -174,21 +174,15 @@ class LimsConnector:
         request_id: str | None = None,
     ) -> Response:
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() if doc is not None else b""
-        try:
-            answer = await self._c.http.call(
-                method,
-                f"{self.base}{path}",
-                content=body,
-                headers={**self._auth(), **(headers or {})},
-                summary=summary,
-                request_id=request_id,
-            )
-        except RemoteError as exc:
-            if exc.exchange is not None:
-                log.append(exc.exchange)
-            raise
-        log.append(answer.exchange)
-        return answer
+        return await self._c.http.call(
+            method,
+            f"{self.base}{path}",
+            content=body,
+            headers={**self._auth(), **(headers or {})},
+            summary=summary,
+            request_id=request_id,
+            log=log,
+        )
 
     async def _facts(self, sample: dict[str, Any]) -> SampleFacts:
         lic, lot, product, variety = models.License, models.Lot, models.Product, models.Variety

@@ -93,22 +93,16 @@ class MetrcConnector:
         # The lease outlasts the longest call, so a live worker never loses its slot mid-call.
         lease = self._c.settings.integration_timeout_seconds + 10
         async with limits.slot(self._slot_key, self._slots, lease_seconds=lease):
-            try:
-                answer = await self._c.http.call(
-                    method,
-                    self.base + path,
-                    content=_body(body),
-                    params=query,
-                    auth=self._auth,
-                    summary=summary,
-                    sync_run_id=sync_run_id,
-                )
-            except RemoteError as exc:
-                if exc.exchange is not None:
-                    log.append(exc.exchange)
-                raise
-        log.append(answer.exchange)
-        return answer
+            return await self._c.http.call(
+                method,
+                self.base + path,
+                content=_body(body),
+                params=query,
+                auth=self._auth,
+                summary=summary,
+                sync_run_id=sync_run_id,
+                log=log,
+            )
 
     async def already(self, call: m.Call, log: list[Exchange]) -> bool:
         """Whether ``call`` already took effect at METRC (look before resending)."""

@@ -147,6 +147,7 @@ class Http:
         retry_count: int = 0,
         sync_run_id: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - an HTTP deadline, passed to httpx
+        log: list[Exchange] | None = None,
     ) -> Response:
         """Send one request; return its answer or raise :class:`RemoteError` with the exchange.
 
@@ -162,8 +163,46 @@ class Http:
             retry_count: Earlier failed attempts of the same exchange.
             sync_run_id: The sync run the exchange belongs to, if any.
             timeout: Overrides the client's timeout for this call.
+            log: Where to append the exchange, whether it succeeded or not.
 
         """
+        try:
+            answer = await self._exchange(
+                method,
+                url,
+                content=content,
+                headers=headers,
+                params=params,
+                auth=auth,
+                summary=summary,
+                request_id=request_id,
+                retry_count=retry_count,
+                sync_run_id=sync_run_id,
+                timeout=timeout,
+            )
+        except RemoteError as exc:
+            if log is not None and exc.exchange is not None:
+                log.append(exc.exchange)
+            raise
+        if log is not None:
+            log.append(answer.exchange)
+        return answer
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes,
+        headers: dict[str, str] | None,
+        params: dict[str, str] | None,
+        auth: httpx.Auth | tuple[str, str] | None,
+        summary: str,
+        request_id: str | None,
+        retry_count: int,
+        sync_run_id: str | None,
+        timeout: float | None,  # noqa: ASYNC109 - an HTTP deadline, passed to httpx
+    ) -> Response:
         rid = request_id or str(ULID())
         started = datetime.now(UTC)
         path = urlsplit(url).path or "/"

@@ -55,16 +55,9 @@ class WebhookConnector:
             "Seedline-Event-Type": event_type,
             signing.SIGNATURE_HEADER: signing.sign(self._secret.reveal().encode(), body, int(time.time())),
         }
-        try:
-            answer = await self._http.call(
-                "POST", self._url, content=body, headers=headers, summary=summary, request_id=event_id
-            )
-        except Exception as exc:
-            exchange = getattr(exc, "exchange", None)
-            if isinstance(exchange, Exchange):
-                log.append(exchange)
-            raise
-        log.append(answer.exchange)
+        await self._http.call(
+            "POST", self._url, content=body, headers=headers, summary=summary, request_id=event_id, log=log
+        )
 
     async def deliver(self, job: Job, log: list[Exchange]) -> Outcome:
         """POST the signed event."""
