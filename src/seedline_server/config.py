@@ -172,6 +172,33 @@ class Settings(BaseSettings):
         description="Start scheduled pulls: plants every 4 h, inventory daily, a full reconciliation weekly.",
     )
 
+    telemetry_writers: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="Telemetry: writer tasks committing readings (one transaction each).",
+    )
+    telemetry_max_pending: int = Field(
+        default=200_000, ge=1000, description="Telemetry: readings queued for commit before submitters wait."
+    )
+    telemetry_stream_window: int = Field(
+        default=4, ge=1, le=64, description="Telemetry: batches of one ingest stream being committed at once."
+    )
+    telemetry_retention_days: int = Field(
+        default=90,
+        ge=1,
+        description="Telemetry: days of raw readings and roll-ups kept (older partitions dropped).",
+    )
+    telemetry_partitions_ahead_days: int = Field(
+        default=3, ge=1, le=60, description="Telemetry: daily partitions created ahead of today."
+    )
+    telemetry_partition_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="Telemetry: how often partitions are created ahead and dropped."
+    )
+    telemetry_sensor_cache_seconds: float = Field(
+        default=5.0, ge=0, description="Telemetry: how long a sensor looked up for ingest is reused."
+    )
+
     def sqlalchemy_url(self, embedded_url: str | None = None) -> str:
         """The asyncpg URL to use: DATABASE_URL normalised, or the embedded server's."""
         url = self.database_url or embedded_url

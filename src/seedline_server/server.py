@@ -25,6 +25,7 @@ from seedline.inventory.v1 import inventory_pb2_grpc
 from seedline.lab.v1 import lab_pb2_grpc
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2_grpc
+from seedline.telemetry.v1 import telemetry_pb2_grpc
 from seedline.transfer.v1 import transfer_pb2_grpc
 from seedline.type.v1 import access_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,6 +43,7 @@ from seedline_server.api.inventory import InventoryServicer
 from seedline_server.api.license import LicenseServicer
 from seedline_server.api.plant import PlantServicer
 from seedline_server.api.ratelimit import TokenBuckets
+from seedline_server.api.telemetry import TelemetryServicer
 from seedline_server.config import Settings
 from seedline_server.crypto import KeyRing
 from seedline_server.integrations.runtime import build_runtime
@@ -51,6 +53,10 @@ from seedline_server.service.identity import Authenticator, JwtVerifier
 from seedline_server.service.uow import Database
 from seedline_server.service.watch import TransferFeed
 from seedline_server.store import db as store_db
+from seedline_server.telemetry.alerts import AlertHub
+from seedline_server.telemetry.ingest import IngestPipeline
+from seedline_server.telemetry.partitions import PartitionManager
+from seedline_server.telemetry.watch import ReadingFeed
 
 log = structlog.get_logger("seedline.server")
 SYSTEM = Principal(name="system", kind="SYSTEM")
@@ -63,6 +69,7 @@ _IMPLEMENTED = {
     "seedline.lab.v1.LabResultService",
     "seedline.license.v1.LicenseService",
     "seedline.plant.v1.PlantService",
+    "seedline.telemetry.v1.TelemetryService",
     "seedline.transfer.v1.TransferService",
 }
 
@@ -81,6 +88,8 @@ class Running:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # The integrations runtime (outbox worker, sync runs, schedule) when run in-process.
     worker: tuple[asyncio.Event, asyncio.Task[None], AsyncEngine] | None = None
+    # Telemetry: the ingest pipeline (listeners attach to it) and the partition maintenance.
+    telemetry: tuple[IngestPipeline, PartitionManager, AlertHub] | None = None
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight calls finish within ``grace`` seconds, release the pool.
@@ -100,6 +109,13 @@ class Running:
                 await asyncio.wait_for(task, timeout=max(grace, 1.0))
             await worker_engine.dispose()
         await asyncio.gather(*(s.stop(grace) for s in self.servers))
+        if self.telemetry is not None:
+            # Batches accepted before the listeners closed are committed (their streams are gone,
+            # so they stay unacknowledged and their gateways replay them: de-duplicated).
+            pipeline, partitions, alert_hub = self.telemetry
+            await pipeline.stop()
+            await alert_hub.stop()  # after the pipeline: the last commits' alerts are persisted
+            await partitions.stop()
         await self.engine.dispose()
         log.info("server stopped")
 
@@ -170,6 +186,29 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
     )
     await feed.start()
     transfer_servicer = transfer_api.TransferServicer(database, feed)
+    partitions = PartitionManager(
+        engine,
+        ahead_days=settings.telemetry_partitions_ahead_days,
+        retention_days=settings.telemetry_retention_days,
+        interval_seconds=settings.telemetry_partition_interval_seconds,
+    )
+    await partitions.start()
+    pipeline = IngestPipeline(
+        engine,
+        writers=settings.telemetry_writers,
+        max_pending=settings.telemetry_max_pending,
+        retention_days=settings.telemetry_retention_days,
+        sensor_ttl=settings.telemetry_sensor_cache_seconds,
+    )
+    await pipeline.start()
+    readings_feed = ReadingFeed()
+    pipeline.add_listener(readings_feed)
+    alert_hub = AlertHub(database, database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    await alert_hub.start()
+    pipeline.add_listener(alert_hub.on_readings)
+    telemetry_servicer = TelemetryServicer(
+        database, pipeline, readings_feed, alert_hub, stream_window=settings.telemetry_stream_window
+    )
 
     authenticator = Authenticator(
         database,
@@ -204,6 +243,7 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(inventory_servicer, server)
         lab_pb2_grpc.add_LabResultServiceServicer_to_server(lab_servicer, server)
         transfer_pb2_grpc.add_TransferServiceServicer_to_server(transfer_servicer, server)
+        telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(telemetry_servicer, server)
         integration_pb2_grpc.add_IntegrationServiceServicer_to_server(integration_servicer, server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(audit_servicer, server)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(database, authenticator), server)
@@ -218,6 +258,7 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
     await direct.start()
     await edge.start()
     running = Running(grpc_port, edge_port, [direct, edge], health_servicer, engine, names, feed)
+    running.telemetry = (pipeline, partitions, alert_hub)
     ok = await store_db.ping(engine)
     for name in ["", *names]:
         await health_servicer.set(

@@ -24,12 +24,7 @@ from tests.support.stack import EdgeProcess
 
 LICENSE = "01JD" + "0" * 22  # the license the requests name
 OTHER = "01JE" + "0" * 22
-METHODS = [
-    m
-    for s in contract.load_services()
-    for m in s.methods
-    if not m.client_streaming  # bidirectional ingest authenticates per stream (telemetry issue)
-]
+METHODS = [m for s in contract.load_services() for m in s.methods]
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
@@ -70,7 +65,14 @@ def call(channel: grpc.Channel, method: descriptor.MethodDescriptor, token: str 
     metadata = auth.bearer(token) if token else None
     response_class = message_factory.GetMessageClass(method.output_type)
     try:
-        if method.server_streaming:
+        if method.client_streaming:  # bidirectional: authorized on the stream's first message
+            stream = channel.stream_stream(
+                path,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_class.FromString,
+            )(iter([request_for(method)]), metadata=metadata, timeout=10)
+            next(iter(stream), None)
+        elif method.server_streaming:
             stream = channel.unary_stream(
                 path,
                 request_serializer=lambda m: m.SerializeToString(),

@@ -13,7 +13,6 @@ from seedline.license.v1 import license_pb2 as lic
 from seedline.license.v1 import license_pb2_grpc
 from seedline.plant.v1 import plant_pb2 as pl
 from seedline.plant.v1 import plant_pb2_grpc
-from seedline.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from seedline.type.v1 import esignature_pb2, quantity_pb2
 
 from tests.support import auth
@@ -213,20 +212,6 @@ def test_idempotent_create_returns_first_result(channel: grpc.Channel) -> None:
         plants.CreatePlant(req)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert details(err.value)[0].reason == "REQUEST_ID_REUSED"
-
-
-def test_later_services_answer_unimplemented(channel: grpc.Channel) -> None:
-    stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
-    with pytest.raises(grpc.RpcError) as err:
-        stub.GetSensor(
-            telemetry_pb2.GetSensorRequest(
-                name="licenses/01JD0000000000000000000000/sensors/01JD0000000000000000000000"
-            )
-        )
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    info, _ = details(err.value)
-    assert info.reason == "NOT_IMPLEMENTED"
-    assert "issue #7" in (err.value.details() or "")
 
 
 def test_forwarded_cert_header_is_ignored_on_direct_listener(stack: EdgeProcess) -> None:

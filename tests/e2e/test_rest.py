@@ -153,12 +153,6 @@ def test_unknown_path_is_json_404(rest: httpx.Client) -> None:
     assert response.json()["code"] == 5
 
 
-def test_unimplemented_is_json_501(rest: httpx.Client) -> None:
-    response = rest.get("/v1/licenses/01JD0000000000000000000000/sensors/01JD0000000000000000000000")
-    assert response.status_code == 501
-    assert reason(response.json()) == "NOT_IMPLEMENTED"
-
-
 def test_partner_identity_reaches_server_and_forged_header_does_not(rest: httpx.Client) -> None:
     forged = {"x-forwarded-client-cert": "By=x;URI=spiffe://seedline.dev/partner/evil"}
     ping = rest.get("/v1/sessions:ping", headers=forged)

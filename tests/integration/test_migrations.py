@@ -50,14 +50,21 @@ async def test_models_and_migrations_agree(migrated: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from seedline_server.store import integration_models, lab_models  # noqa: F401  (registers their tables)
+    from seedline_server.store import (  # noqa: F401  (registers their tables)
+        alert_models,
+        integration_models,
+        lab_models,
+        telemetry_models,
+    )
     from seedline_server.store.models import Base
+    from seedline_server.store.telemetry_models import include_name
 
     engine = create_async_engine(migrated)
     async with engine.connect() as conn:
         diff = await conn.run_sync(
             lambda sync: compare_metadata(
-                MigrationContext.configure(sync, opts={"compare_type": True}), Base.metadata
+                MigrationContext.configure(sync, opts={"compare_type": True, "include_name": include_name}),
+                Base.metadata,
             )
         )
     await engine.dispose()

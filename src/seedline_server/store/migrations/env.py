@@ -10,13 +10,19 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from seedline_server.store import integration_models as integration_models
 from seedline_server.store import lab_models as lab_models
+from seedline_server.store import telemetry_models as telemetry_models
 from seedline_server.store.models import Base
 
 target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        include_name=telemetry_models.include_name,  # the daily partitions are the server's
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -1,0 +1,312 @@
+"""Telemetry ingest: readings/s durably committed from the IngestReadings stream, next to raw
+asyncpg binary COPY of the same rows into the same table with the same indexes, in the same run.
+
+Run from the repository root: ``.venv/bin/python bench/bench_telemetry.py``. It starts its own
+embedded PostgreSQL and ``seedline serve`` on free loopback ports, registers sensors, streams,
+prints figures and stops everything. It asserts nothing about speed.
+
+* gRPC: ``--gateways`` concurrent streams (one per simulated gateway, its own sensors), each
+  sending ``--batches`` batches of 1,000 readings with at most 16 unacknowledged (the contract's
+  rule). The client pre-serializes every message, so its CPU cost is the framing only. The rate
+  is readings acknowledged (that is, committed) per second of wall time; ack latency is from
+  handing a batch to gRPC to reading its acknowledgement.
+* raw COPY: the same rows (same sensor keys, same times shifted by a day so nothing collides),
+  ``copy_records_to_table`` into ``readings`` over 2 connections (the server's writer count),
+  one 1,000-row COPY per transaction, committed as the server commits: durably.
+* indexes: COPY of the same rows into two unpartitioned scratch tables, BRIN(observe_time) only
+  and BRIN + btree(sensor_key, observe_time), and a one-sensor/one-hour query on each.
+* ack latency also at light load: one stream with one batch in flight (the commit itself).
+* peak RSS of the server: VmHWM from /proc after the sustained run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf import duration_pb2
+from seedline.license.v1 import license_pb2 as lic
+from seedline.license.v1 import license_pb2_grpc
+from seedline.telemetry.v1 import telemetry_pb2 as pb
+from seedline.telemetry.v1 import telemetry_pb2_grpc
+
+from seedline_server.store import db
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.support import auth  # noqa: E402
+from tests.support.stack import ServerProcess  # noqa: E402
+
+WINDOW = 16
+PER_BATCH = 1000
+SENSORS_PER_GATEWAY = 100
+
+
+def machine() -> None:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    print(f"date      {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
+    print(f"cpu       {cpu}, {os.cpu_count()} cores; load avg {os.getloadavg()[0]:.2f} (1 min) at start")
+    print(f"os        {platform.platform()}")
+    print(f"python    {platform.python_version()}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def setup(target: str, gateways: int) -> tuple[str, list[list[str]]]:
+    """A license, a section and SENSORS_PER_GATEWAY sensors per gateway: (license, ids per gateway)."""
+    md = auth.bearer(auth.mint())
+    with grpc.insecure_channel(target) as ch:
+        reg = license_pb2_grpc.LicenseServiceStub(ch)
+        company = reg.CreateCompany(
+            lic.CreateCompanyRequest(company=lic.Company(display_name="Bench")), metadata=md
+        )
+        license_ = reg.CreateLicense(
+            lic.CreateLicenseRequest(
+                license=lic.License(
+                    company=company.name,
+                    license_number=f"B-{uuid.uuid4().hex[:8]}",
+                    display_name="Bench",
+                    type=lic.LICENSE_TYPE_GROWER_PROCESSOR,
+                    jurisdiction="US-CO",
+                    active=True,
+                )
+            ),
+            metadata=md,
+        ).name
+        section = reg.CreateSection(
+            lic.CreateSectionRequest(
+                parent=license_, section=lic.Section(display_name="Room", type=lic.SECTION_TYPE_CROP)
+            ),
+            metadata=md,
+        ).name
+        tel = telemetry_pb2_grpc.TelemetryServiceStub(ch)
+        ids = [
+            [
+                tel.CreateSensor(
+                    pb.CreateSensorRequest(
+                        parent=license_,
+                        sensor=pb.Sensor(
+                            display_name=f"g{g} s{s}",
+                            section=section,
+                            metric=pb.METRIC_TEMPERATURE,
+                            unit=pb.MEASUREMENT_UNIT_CELSIUS,
+                            reporting_interval=duration_pb2.Duration(seconds=10),
+                        ),
+                    ),
+                    metadata=md,
+                ).name.rsplit("/", 1)[1]
+                for s in range(SENSORS_PER_GATEWAY)
+            ]
+            for g in range(gateways)
+        ]
+    return license_, ids
+
+
+def batches(license_: str, gateway: int | str, ids: list[str], n: int, t0: dt.datetime) -> list[bytes]:
+    """Pre-serialized IngestReadingsRequest messages of one gateway (10 time steps x 100 sensors)."""
+    steps = PER_BATCH // len(ids)
+    out = []
+    for b in range(n):
+        req = pb.IngestReadingsRequest(sequence=b + 1)
+        if b == 0:
+            req.parent, req.gateway_id = license_, f"bench-{gateway}"
+        for i in range(steps):
+            seconds = int(t0.timestamp()) + b * steps + i
+            for s, sid in enumerate(ids):
+                r = req.readings.add(
+                    sensor_id=sid, value=20.0 + (s % 10) * 0.1, unit=pb.MEASUREMENT_UNIT_CELSIUS
+                )
+                r.observe_time.seconds = seconds
+        out.append(req.SerializeToString())
+    return out
+
+
+async def stream(target: str, messages: list[bytes], latencies: list[float], window: int = WINDOW) -> int:
+    """Send one gateway's batches on one stream; returns the readings acknowledged."""
+    md = auth.bearer(auth.mint())
+    slots = asyncio.Semaphore(window)
+    sent: dict[int, float] = {}
+    async with grpc.aio.insecure_channel(target) as ch:
+        call = ch.stream_stream(
+            "/seedline.telemetry.v1.TelemetryService/IngestReadings",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.IngestReadingsResponse.FromString,
+        )
+
+        async def requests() -> Any:
+            for i, m in enumerate(messages):
+                await slots.acquire()
+                sent[i + 1] = time.perf_counter()
+                yield m
+
+        accepted = 0
+        async for ack in call(requests(), metadata=md):
+            latencies.append(time.perf_counter() - sent[ack.sequence])
+            accepted += ack.accepted_count
+            slots.release()
+    return accepted
+
+
+async def raw_copy(
+    url: str, table: str, rows: list[list[tuple[int, dt.datetime, float]]], conns: int = 2
+) -> float:
+    """Seconds to COPY every 1,000-row batch (one transaction each) over ``conns`` connections."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    pool = [await asyncpg.connect(dsn) for _ in range(conns)]
+    queue: asyncio.Queue[list[tuple[int, dt.datetime, float]]] = asyncio.Queue()
+    for b in rows:
+        queue.put_nowait(b)
+
+    async def work(conn: asyncpg.Connection) -> None:
+        while not queue.empty():
+            batch = queue.get_nowait()
+            await conn.copy_records_to_table(
+                table, records=batch, columns=["sensor_key", "observe_time", "value"]
+            )
+
+    t = time.perf_counter()
+    await asyncio.gather(*(work(c) for c in pool))
+    took = time.perf_counter() - t
+    for c in pool:
+        await c.close()
+    return took
+
+
+async def main(args: argparse.Namespace) -> None:
+    machine()
+    with tempfile.TemporaryDirectory(prefix="seedline-bench-tel-") as tmp:
+        root = Path(tmp)
+        pg = db.start_embedded(root / "pg", database="bench")
+        url = pg.url("bench")
+        server = ServerProcess(database_url=url, data_dir=root / "server")
+        try:
+            server.start()
+            license_, ids = setup(server.target, args.gateways)
+            t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
+            msgs = [batches(license_, g, ids[g], args.batches, t0) for g in range(args.gateways)]
+            total = args.gateways * args.batches * PER_BATCH
+            shape = f"{args.gateways} streams x {args.batches} batches x {PER_BATCH} readings"
+            print(f"load      {shape} = {total:,}")
+            latencies: list[float] = []
+            t = time.perf_counter()
+            acked = await asyncio.gather(*(stream(server.target, m, latencies) for m in msgs))
+            grpc_s = time.perf_counter() - t
+            assert server.proc is not None
+            rss = peak_rss_mb(server.proc.pid)
+            grpc_rate = sum(acked) / grpc_s
+            lat = sorted(latencies)
+            p50 = lat[len(lat) // 2] * 1e3
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3
+
+            # Light load: one stream, one batch at a time: the latency of a commit itself.
+            light_msgs = batches(license_, "light", ids[0], 50, t0 - dt.timedelta(days=1))
+            light: list[float] = []
+            await stream(server.target, light_msgs, light, window=1)
+            light.sort()
+            light_p50, light_p99 = light[len(light) // 2] * 1e3, light[int(len(light) * 0.99)] * 1e3
+
+            # The same rows, a day later, straight into the same table (same indexes).
+            dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+            conn = await asyncpg.connect(dsn)
+            keys = {r[0]: r[1] for r in await conn.fetch("SELECT id, key FROM sensors")}
+            await conn.close()
+            shift = dt.timedelta(days=1)
+            rows = []
+            for g in range(args.gateways):
+                for b in range(args.batches):
+                    steps = PER_BATCH // SENSORS_PER_GATEWAY
+                    rows.append(
+                        [
+                            (
+                                keys[sid],
+                                t0 + shift + dt.timedelta(seconds=b * steps + i),
+                                20.0 + (s % 10) * 0.1,
+                            )
+                            for i in range(steps)
+                            for s, sid in enumerate(ids[g])
+                        ]
+                    )
+            copy_s = await raw_copy(url, "readings", rows)
+            copy_rate = total / copy_s
+
+            # Index choice: the same rows into scratch tables with BRIN only and BRIN + btree.
+            conn = await asyncpg.connect(dsn)
+            await conn.execute(
+                "CREATE TABLE bench_brin (sensor_key bigint, observe_time timestamptz, value float8);"
+                "CREATE INDEX ON bench_brin USING brin (observe_time);"
+                "CREATE TABLE bench_both (sensor_key bigint, observe_time timestamptz, value float8);"
+                "CREATE INDEX ON bench_both USING brin (observe_time);"
+                "CREATE INDEX ON bench_both (sensor_key, observe_time);"
+            )
+            brin_s = await raw_copy(url, "bench_brin", rows)
+            both_s = await raw_copy(url, "bench_both", rows)
+            await conn.execute("ANALYZE bench_brin; ANALYZE bench_both")
+            key = rows[0][0][0]
+            query = (
+                "SELECT count(*), avg(value) FROM {t} WHERE sensor_key = $1 "
+                "AND observe_time >= $2 AND observe_time < $3"
+            )
+            q_ms = {}
+            for table in ("bench_brin", "bench_both"):
+                times = []
+                for _ in range(5):
+                    t = time.perf_counter()
+                    await conn.fetch(
+                        query.format(t=table), key, t0 + shift, t0 + shift + dt.timedelta(hours=1)
+                    )
+                    times.append((time.perf_counter() - t) * 1e3)
+                q_ms[table] = statistics.median(times)
+            await conn.close()
+
+            print()
+            print(f"{'target':46} {'readings/s':>12} {'vs raw COPY':>12}")
+            ratio = grpc_rate / copy_rate
+            print(f"{'IngestReadings (gRPC, acked = committed)':46} {grpc_rate:12,.0f} {ratio:12.0%}")
+            print(f"{'raw asyncpg COPY into readings (2 conns)':46} {copy_rate:12,.0f} {1:12.0%}")
+            print()
+            busy = f"{len(lat)} batches, 16 in flight per stream"
+            print(f"ack latency  p50 {p50:.1f} ms   p99 {p99:.1f} ms   ({busy})")
+            idle = "1 stream, 1 batch in flight"
+            print(f"ack latency  p50 {light_p50:.1f} ms   p99 {light_p99:.1f} ms   ({idle})")
+            print(f"server peak RSS  {rss:.0f} MiB")
+            print()
+            print(
+                f"{'index choice (unpartitioned scratch)':46} {'COPY rows/s':>12} {'1-sensor 1-h query':>20}"
+            )
+            print(f"{'BRIN(observe_time) only':46} {total / brin_s:12,.0f} {q_ms['bench_brin']:17.1f} ms")
+            both = "BRIN + btree(sensor_key, observe_time)"
+            print(f"{both:46} {total / both_s:12,.0f} {q_ms['bench_both']:17.1f} ms")
+        finally:
+            server.stop()
+            db.stop_embedded(root / "pg")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gateways", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=100)
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,1 @@
+"""Sensor telemetry: the ingest pipeline, partitions, roll-ups, queries and live fan-out."""

@@ -1,0 +1,535 @@
+"""The telemetry ingest pipeline: validate readings, commit them in batches, acknowledge.
+
+:meth:`IngestPipeline.submit` validates a batch reading by reading against a short-lived cache of
+the sensors, queues the good readings on one of a few writer tasks and returns once they are
+durably committed. Each writer takes everything queued on it (up to ``group_rows`` readings, from
+several streams) and commits it in one transaction (:mod:`seedline_server.telemetry.writer`).
+The batches of one gateway always go to the same writer and are queued in submission order, so
+its sequences commit in order and the per-gateway high-water mark can de-duplicate replays
+without a unique index on ``readings``. Memory is bounded by ``max_pending`` queued readings:
+``submit`` waits while the queues are full, and callers that wait stop reading from the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, overload
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from seedline_server.domain.errors import DependencyUnavailable
+from seedline_server.telemetry import partitions, ranges, writer
+
+log = structlog.get_logger("seedline.telemetry.ingest")
+
+# RejectionReason numbers (seedline.telemetry.v1).
+UNKNOWN_SENSOR, OTHER_LICENSE, WRONG_UNIT, NON_FINITE, OUT_OF_RANGE = 1, 2, 3, 4, 5
+DUPLICATE, TOO_OLD, IN_FUTURE, MALFORMED = 6, 7, 8, 9
+MAX_AGE = timedelta(days=30)
+MAX_AHEAD = timedelta(minutes=5)
+_RETRYABLE = frozenset({"40001", "40P01"})
+
+
+@dataclass(frozen=True)
+class ReadingIn:
+    """One reading as a gateway sent it (already parsed)."""
+
+    sensor_id: str
+    observe_time: datetime
+    value: float
+    unit: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One reading of a batch that was not stored."""
+
+    index: int
+    sensor: str
+    reason: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The answer to one submitted batch, given once it is durably committed."""
+
+    sequence: int | None
+    accepted: int
+    rejected: tuple[Rejected, ...]
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class CommittedReading:
+    """What listeners get after a commit."""
+
+    sensor_id: str
+    license_id: str
+    section_id: str
+    metric: int
+    unit: int
+    observe_time: datetime
+    value: float
+
+
+@dataclass
+class Columns:
+    """A batch of readings column by column: what :meth:`IngestPipeline.submit_columns` takes.
+
+    The same content as a ``Sequence[ReadingIn]`` without an object per reading (the gRPC
+    servicer builds it straight from the protobuf batch). ``seconds`` are the observe times as
+    epoch seconds.
+    """
+
+    sensor_ids: list[str] = field(default_factory=list)
+    times: list[datetime] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, readings: Sequence[ReadingIn]) -> Columns:
+        """The columns of ``readings``."""
+        times = [r.observe_time for r in readings]
+        return cls(
+            [r.sensor_id for r in readings],
+            times,
+            [t.timestamp() for t in times],
+            [r.value for r in readings],
+            [r.unit for r in readings],
+        )
+
+    def __len__(self) -> int:
+        return len(self.sensor_ids)
+
+
+@dataclass(frozen=True)
+class SensorInfo:
+    """What validation needs to know about a sensor."""
+
+    id: str
+    key: int
+    license_id: str
+    section_id: str
+    metric: int
+    unit: int
+
+
+class SensorCache:
+    """Sensors by id, loaded on demand and kept ``ttl`` seconds (unknown ids ``negative_ttl``).
+
+    Changes made in this process are seen at once (:meth:`invalidate`); changes made by another
+    process (or a deleted sensor) within ``ttl`` seconds.
+    """
+
+    def __init__(self, engine: AsyncEngine, ttl: float = 5.0, negative_ttl: float = 1.0) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._entries: dict[str, tuple[float, SensorInfo | None]] = {}
+
+    def invalidate(self, sensor_id: str | None = None) -> None:
+        """Forget one sensor (or all)."""
+        if sensor_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(sensor_id, None)
+
+    async def resolve(self, ids: set[str]) -> dict[str, SensorInfo | None]:
+        """The live sensors among ``ids`` (None for unknown or deleted ones)."""
+        now = time.monotonic()
+        out: dict[str, SensorInfo | None] = {}
+        missing = []
+        for sid in ids:
+            entry = self._entries.get(sid)
+            if entry is not None and entry[0] > now:
+                out[sid] = entry[1]
+            else:
+                missing.append(sid)
+        if missing:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                apg: Any = raw.driver_connection
+                rows = await apg.fetch(
+                    "SELECT id, key, license_id, section_id, metric, unit FROM sensors "
+                    "WHERE id = ANY($1::text[]) AND delete_time IS NULL",
+                    missing,
+                )
+            found = {r[0]: SensorInfo(r[0], int(r[1]), r[2], r[3], int(r[4]), int(r[5])) for r in rows}
+            for sid in missing:
+                info = found.get(sid)
+                self._entries[sid] = (now + (self._ttl if info else self._negative_ttl), info)
+                out[sid] = info
+            if len(self._entries) > 200_000:
+                self._entries.clear()
+        return out
+
+
+class _Committed(Sequence[CommittedReading]):
+    """The readings of one commit, built only when a listener looks at them.
+
+    Most commits have no live watcher, and building a million small objects a second is not free.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[list[SensorInfo], list[tuple[int, datetime, float]]]] = []
+        self._count = 0
+        self._items: list[CommittedReading] | None = None
+
+    def add(self, infos: list[SensorInfo], rows: list[tuple[int, datetime, float]]) -> None:
+        self._parts.append((infos, rows))
+        self._count += len(rows)
+
+    def _all(self) -> list[CommittedReading]:
+        if self._items is None:
+            self._items = [
+                CommittedReading(s.id, s.license_id, s.section_id, s.metric, s.unit, r[1], r[2])
+                for infos, rows in self._parts
+                for s, r in zip(infos, rows, strict=True)
+            ]
+        return self._items
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> CommittedReading: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[CommittedReading]: ...
+    def __getitem__(self, index: int | slice) -> CommittedReading | Sequence[CommittedReading]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[CommittedReading]:
+        return iter(self._all())
+
+
+@dataclass
+class _Job:
+    batch: writer.Batch
+    sensors: list[SensorInfo]
+    future: asyncio.Future[Ack]
+
+
+def _check(
+    r: ReadingIn, info: SensorInfo | None, license_id: str | None, now: datetime, max_age: timedelta
+) -> tuple[int, str] | None:
+    """Why a reading is refused (reason, message), or None."""
+    if info is None:
+        return UNKNOWN_SENSOR, f"no sensor {r.sensor_id}"
+    if license_id is not None and info.license_id != license_id:
+        return UNKNOWN_SENSOR, f"no sensor {r.sensor_id} in licenses/{license_id}"
+    if r.observe_time.tzinfo is None:
+        return MALFORMED, "observe_time has no time zone"
+    if not ranges.fits(info.metric, r.unit):
+        return WRONG_UNIT, f"{ranges.unit_name(r.unit)} is not a unit of the sensor's metric"
+    if not math.isfinite(r.value):
+        return NON_FINITE, f"value {r.value} is not finite"
+    problem = ranges.check(info.metric, r.unit, r.value)
+    if problem is not None:
+        return problem.reason, problem.message
+    if r.observe_time < now - max_age:
+        return TOO_OLD, f"observe_time {r.observe_time.isoformat()} is more than {max_age.days} days old"
+    if r.observe_time > now + MAX_AHEAD:
+        return IN_FUTURE, f"observe_time {r.observe_time.isoformat()} is ahead of the server's clock"
+    return None
+
+
+class IngestPipeline:
+    """Validates readings and commits them through a small pool of writer tasks."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        writers: int = 2,
+        max_pending: int = 200_000,
+        group_rows: int = 20_000,
+        retention_days: int = 90,
+        sensor_ttl: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._writers = max(1, writers)
+        self._max_pending = max_pending
+        self._group_rows = group_rows
+        self._max_age = min(MAX_AGE, timedelta(days=retention_days))
+        self.sensors = SensorCache(engine, ttl=sensor_ttl)
+        self._queues: list[asyncio.Queue[_Job | None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[Callable[[Sequence[CommittedReading]], None]] = []
+        self._gateway_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._pending = 0
+        self._space = asyncio.Condition()
+        self._closed = True
+        self._days: set[Any] = set()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The database the pipeline writes to."""
+        return self._engine
+
+    @property
+    def pending(self) -> int:
+        """Readings queued and not yet committed."""
+        return self._pending
+
+    async def start(self) -> None:
+        """Starts the writer tasks."""
+        self._closed = False
+        self._queues = [asyncio.Queue() for _ in range(self._writers)]
+        self._tasks = [asyncio.create_task(self._write_loop(q)) for q in self._queues]
+
+    async def stop(self) -> None:
+        """Commits what it accepted (then acks it), refuses new work."""
+        if self._closed:
+            return
+        self._closed = True
+        for q in self._queues:
+            q.put_nowait(None)
+        for task in self._tasks:
+            with suppress(Exception):
+                await task
+        self._tasks = []
+
+    def add_listener(self, callback: Callable[[Sequence[CommittedReading]], None]) -> None:
+        """Called (synchronously, must be fast) after each commit with the readings it wrote."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[Sequence[CommittedReading]], None]) -> None:
+        """Stop calling ``callback``."""
+        with suppress(ValueError):
+            self._listeners.remove(callback)
+
+    async def submit(
+        self,
+        *,
+        license_id: str | None,
+        gateway_id: str,
+        sequence: int | None,
+        readings: Sequence[ReadingIn],
+        positions: Sequence[int] | None = None,
+        refused: Sequence[Rejected] = (),
+    ) -> Ack:
+        """Validates, writes and returns only after the good readings are durably committed.
+
+        Each reading is checked on its own (unknown sensor, other license when ``license_id`` is
+        given, wrong unit, non-finite, outside the metric's physical range, duplicate within the
+        batch, too old, in the future); the rest are written. ``sequence=None``: no
+        de-duplication (MQTT); otherwise a ``(license, gateway_id, sequence)`` at or below the
+        gateway's committed high-water mark is answered ``replayed=True`` with the original
+        counts, without writing. Waits (backpressure) while more than ``max_pending`` readings
+        are queued.
+
+        ``positions`` (the batch index of each reading) and ``refused`` (readings of the batch
+        the caller could not even parse) let the acknowledgement, and its repetition on a
+        replay, list every rejection of the batch at its batch index.
+
+        Raises:
+            DependencyUnavailable: the pipeline is stopped, or the database failed the commit
+                (nothing of the batch was stored; the caller may retry it).
+            ValueError: a sequence without a license.
+
+        """
+        return await self.submit_columns(
+            license_id=license_id,
+            gateway_id=gateway_id,
+            sequence=sequence,
+            columns=Columns.of(readings),
+            positions=positions,
+            refused=refused,
+        )
+
+    async def submit_columns(
+        self,
+        *,
+        license_id: str | None,
+        gateway_id: str,
+        sequence: int | None,
+        columns: Columns,
+        positions: Sequence[int] | None = None,
+        refused: Sequence[Rejected] = (),
+    ) -> Ack:
+        """:meth:`submit` for a batch already in columns (the gRPC servicer's fast path)."""
+        if sequence is not None and license_id is None:
+            raise ValueError("a sequenced batch needs its license")
+        lock_key = (license_id or "", gateway_id)
+        lock, users = self._gateway_locks.get(lock_key) or (asyncio.Lock(), 0)
+        self._gateway_locks[lock_key] = (lock, users + 1)
+        try:
+            job = await self._enqueue(
+                lock, lock_key, license_id, gateway_id, sequence, columns, positions, refused
+            )
+        finally:
+            lock, users = self._gateway_locks[lock_key]
+            if users == 1:
+                del self._gateway_locks[lock_key]
+            else:
+                self._gateway_locks[lock_key] = (lock, users - 1)
+        return await job.future
+
+    async def _enqueue(
+        self,
+        lock: asyncio.Lock,
+        lock_key: tuple[str, str],
+        license_id: str | None,
+        gateway_id: str,
+        sequence: int | None,
+        columns: Columns,
+        positions: Sequence[int] | None,
+        refused: Sequence[Rejected],
+    ) -> _Job:
+        async with lock:  # a gateway's batches are queued in the order they were submitted
+            job = await self._prepare(license_id, gateway_id, sequence, columns, positions, refused)
+            n = len(job.batch.rows)
+            async with self._space:
+                await self._space.wait_for(
+                    lambda: self._pending == 0 or self._pending + n <= self._max_pending
+                )
+            if self._closed:
+                raise DependencyUnavailable("the server is shutting down; resend the batch to another")
+            self._pending += n
+            index = zlib.crc32(f"{lock_key[0]}/{gateway_id}".encode()) % len(self._queues)
+            self._queues[index].put_nowait(job)
+        return job
+
+    async def _prepare(
+        self,
+        license_id: str | None,
+        gateway_id: str,
+        sequence: int | None,
+        c: Columns,
+        positions: Sequence[int] | None,
+        refused: Sequence[Rejected],
+    ) -> _Job:
+        if self._closed:
+            raise DependencyUnavailable("the server is shutting down; resend the batch to another")
+        known = await self.sensors.resolve(set(c.sensor_ids))
+        now = datetime.now(UTC)
+        rows: list[tuple[int, datetime, float]] = []
+        seconds: list[float] = []
+        infos: list[SensorInfo] = []
+        rejected: list[Rejected] = list(refused)
+        oldest, newest = (now - self._max_age).timestamp(), (now + MAX_AHEAD).timestamp()
+        bounds = ranges.BOUNDS
+        seen: set[tuple[str, float]] = set()
+        columns = zip(c.sensor_ids, c.times, c.seconds, c.values, c.units, strict=True)
+        for i, (sid, t, ts, value, unit) in enumerate(columns):
+            info = known.get(sid)
+            # Fast path: a known sensor of the license, in its own unit, plausible, on time, new.
+            if (
+                info is not None
+                and unit == info.unit
+                and (license_id is None or info.license_id == license_id)
+                and oldest <= ts <= newest
+            ):
+                low, high = bounds[(info.metric, unit)]
+                if low <= value <= high and (sid, ts) not in seen:
+                    seen.add((sid, ts))
+                    rows.append((info.key, t, value))
+                    seconds.append(ts)
+                    infos.append(info)
+                    continue
+            problem = _check(ReadingIn(sid, t, value, unit), info, license_id, now, self._max_age)
+            if problem is None and (sid, ts) in seen:
+                problem = (DUPLICATE, "the same sensor and observe_time appear earlier in the batch")
+            if problem is not None or info is None:
+                reason, message = problem or (UNKNOWN_SENSOR, "")
+                rejected.append(Rejected(positions[i] if positions else i, sid, reason, message))
+                continue
+            seen.add((sid, ts))
+            rows.append((info.key, t, ranges.convert(value, unit, info.unit)))
+            seconds.append(ts)
+            infos.append(info)
+        batch = writer.Batch(
+            license_id=license_id or "",
+            gateway_id=gateway_id,
+            sequence=sequence,
+            rows=rows,
+            seconds=seconds,
+            rejected=tuple(sorted(rejected, key=lambda x: x.index)) if refused else tuple(rejected),
+        )
+        return _Job(batch, infos, asyncio.get_running_loop().create_future())
+
+    async def _write_loop(self, queue: asyncio.Queue[_Job | None]) -> None:
+        stopping = False
+        while not stopping:
+            first = await queue.get()
+            if first is None:
+                break
+            group, rows = [first], len(first.batch.rows)
+            while rows < self._group_rows and not queue.empty():
+                nxt = queue.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                group.append(nxt)
+                rows += len(nxt.batch.rows)
+            await self._commit(group)
+
+    async def _commit(self, group: list[_Job]) -> None:
+        batches = [j.batch for j in group]
+        error: BaseException | None = None
+        for attempt in range(3):
+            for b in batches:
+                b.replayed, b.original = False, None
+            try:
+                async with self._engine.connect() as conn:
+                    raw = await conn.get_raw_connection()
+                    apg: Any = raw.driver_connection
+                    days = writer.days_of(batches) - self._days
+                    if days:
+                        await partitions.ensure(apg, days)
+                        self._days |= days
+                    await writer.commit(apg, batches)
+                error = None
+                break
+            except Exception as exc:
+                error = exc
+                if getattr(exc, "sqlstate", None) not in _RETRYABLE or attempt == 2:
+                    break
+        n = sum(len(b.rows) for b in batches)
+        async with self._space:
+            self._pending -= n
+            self._space.notify_all()
+        if error is not None:
+            log.warning("ingest commit failed", batches=len(group), readings=n, error=repr(error))
+            for j in group:
+                if not j.future.done():
+                    j.future.set_exception(
+                        DependencyUnavailable("the readings could not be committed; resend the batch")
+                    )
+            return
+        committed = _Committed()
+        for j in group:
+            b = j.batch
+            if b.replayed:
+                accepted, rejected = b.original or (0, b"")
+                ack = Ack(
+                    b.sequence,
+                    accepted,
+                    tuple(
+                        Rejected(r.index, r.sensor, r.reason, r.message)
+                        for r in writer.decode_rejections(rejected)
+                    ),
+                    True,
+                )
+            else:
+                ack = Ack(b.sequence, len(b.rows), b.rejected, False)
+                if self._listeners and b.rows:
+                    committed.add(j.sensors, b.rows)
+            if not j.future.done():
+                j.future.set_result(ack)
+        if committed:
+            for listener in list(self._listeners):
+                try:
+                    listener(committed)
+                except Exception:
+                    log.exception("telemetry listener failed")

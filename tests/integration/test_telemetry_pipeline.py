@@ -1,0 +1,364 @@
+"""The ingest pipeline against real PostgreSQL: exactly-once replay, rejections, roll-ups,
+partitions, backpressure and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from seedline_server.domain.errors import DependencyUnavailable
+from seedline_server.service.uow import Database, UnitOfWork
+from seedline_server.store import db
+from seedline_server.telemetry import ingest, partitions, sensors
+from seedline_server.telemetry.ingest import CommittedReading, IngestPipeline, ReadingIn
+from tests.integration.conftest import CTX, Farm, make_farm
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+TEMPERATURE, RH = 1, 2
+CELSIUS, FAHRENHEIT, PERCENT = 1, 2, 3
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(migrated: str) -> AsyncIterator[AsyncEngine]:
+    e = db.make_engine(migrated, pool_size=6)
+    yield e
+    await e.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pipeline(engine: AsyncEngine) -> AsyncIterator[IngestPipeline]:
+    p = IngestPipeline(engine, writers=2)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def add_sensor(database: Database, farm: Farm, metric: int = TEMPERATURE, unit: int = CELSIUS) -> str:
+    async def run(uow: UnitOfWork) -> str:
+        row = await sensors.create_sensor(
+            uow, farm.license_id, sensors.NewSensor(farm.section_id, "probe", metric, unit, 10)
+        )
+        return row.id
+
+    return await database.write(CTX, run)
+
+
+async def count(engine: AsyncEngine, sensor_id: str) -> int:
+    async with engine.connect() as conn:
+        n = await conn.scalar(
+            text("SELECT count(*) FROM readings r JOIN sensors s ON s.key = r.sensor_key WHERE s.id = :id"),
+            {"id": sensor_id},
+        )
+    return int(n or 0)
+
+
+def batch(sensor_id: str, n: int, start: datetime, step: float = 1.0, base: float = 20.0) -> list[ReadingIn]:
+    return [
+        ReadingIn(sensor_id, start + timedelta(seconds=i * step), base + (i % 10) * 0.5, CELSIUS)
+        for i in range(n)
+    ]
+
+
+async def test_replayed_sequences_are_stored_once(
+    pipeline: IngestPipeline, database: Database, farm: Farm, engine: AsyncEngine
+) -> None:
+    sid = await add_sensor(database, farm)
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    bad = [ReadingIn(sid, t0, math.nan, CELSIUS)]
+    first = await pipeline.submit(
+        license_id=farm.license_id, gateway_id="gw-1", sequence=1, readings=batch(sid, 50, t0) + bad
+    )
+    second = await pipeline.submit(
+        license_id=farm.license_id,
+        gateway_id="gw-1",
+        sequence=2,
+        readings=batch(sid, 30, t0 + timedelta(hours=1, minutes=-59)),
+    )
+    assert (first.accepted, first.replayed, second.accepted) == (50, False, 30)
+    assert [r.reason for r in first.rejected] == [ingest.NON_FINITE]
+    # The gateway reconnects and replays both, concurrently with a new batch.
+    again = await asyncio.gather(
+        pipeline.submit(
+            license_id=farm.license_id, gateway_id="gw-1", sequence=1, readings=batch(sid, 50, t0) + bad
+        ),
+        pipeline.submit(
+            license_id=farm.license_id, gateway_id="gw-1", sequence=2, readings=batch(sid, 30, t0)
+        ),
+        pipeline.submit(
+            license_id=farm.license_id,
+            gateway_id="gw-1",
+            sequence=3,
+            readings=batch(sid, 5, t0 + timedelta(minutes=30)),
+        ),
+    )
+    assert [a.replayed for a in again] == [True, True, False]
+    # A replay repeats the original acknowledgement.
+    assert (again[0].accepted, again[0].rejected) == (first.accepted, first.rejected)
+    assert again[1].accepted == 30
+    assert await count(engine, sid) == 85
+    # Another gateway's sequence 1 is its own.
+    other = await pipeline.submit(
+        license_id=farm.license_id,
+        gateway_id="gw-2",
+        sequence=1,
+        readings=batch(sid, 3, t0 + timedelta(minutes=40)),
+    )
+    assert (other.replayed, other.accepted) == (False, 3)
+    assert await count(engine, sid) == 88
+
+
+async def test_a_replay_while_the_original_is_still_queued_is_not_stored_twice(
+    pipeline: IngestPipeline, database: Database, farm: Farm, engine: AsyncEngine
+) -> None:
+    sid = await add_sensor(database, farm)
+    t0 = datetime.now(UTC) - timedelta(minutes=20)
+    rows = batch(sid, 200, t0)
+    acks = await asyncio.gather(
+        *(
+            pipeline.submit(license_id=farm.license_id, gateway_id="gw-r", sequence=7, readings=rows)
+            for _ in range(4)
+        )
+    )
+    assert sorted(a.replayed for a in acks) == [False, True, True, True]
+    assert await count(engine, sid) == 200
+
+
+async def test_bad_readings_are_rejected_one_by_one(
+    pipeline: IngestPipeline, database: Database, farm: Farm, engine: AsyncEngine
+) -> None:
+    sid = await add_sensor(database, farm)
+    rh = await add_sensor(database, farm, RH, PERCENT)
+    other_farm = await make_farm(database, f"IT-T-{random.randrange(10**9)}")
+    foreign = await add_sensor(database, other_farm)
+    now = datetime.now(UTC)
+    readings = [
+        ReadingIn(sid, now - timedelta(minutes=1), 21.5, CELSIUS),  # ok
+        ReadingIn("01J" + "Z" * 23, now, 20.0, CELSIUS),  # unknown
+        ReadingIn(foreign, now, 20.0, CELSIUS),  # another license's short id: unknown here
+        ReadingIn(sid, now, 40.0, PERCENT),  # wrong unit
+        ReadingIn(sid, now, math.inf, CELSIUS),  # non-finite
+        ReadingIn(sid, now, 212.0, CELSIUS),  # out of range
+        ReadingIn(rh, now, 100.5, PERCENT),  # out of range (RH)
+        ReadingIn(sid, now - timedelta(days=31), 20.0, CELSIUS),  # too old
+        ReadingIn(sid, now + timedelta(minutes=10), 20.0, CELSIUS),  # in the future
+        ReadingIn(sid, now - timedelta(minutes=1), 22.0, CELSIUS),  # duplicate of the first
+        ReadingIn(sid, now - timedelta(minutes=2), 212.0, FAHRENHEIT),  # ok: 100 °C
+        ReadingIn(rh, now, 55.0, PERCENT),  # ok
+    ]
+    ack = await pipeline.submit(
+        license_id=farm.license_id, gateway_id="gw-b", sequence=None, readings=readings
+    )
+    assert ack.accepted == 3
+    assert [(r.index, r.reason) for r in ack.rejected] == [
+        (1, ingest.UNKNOWN_SENSOR),
+        (2, ingest.UNKNOWN_SENSOR),
+        (3, ingest.WRONG_UNIT),
+        (4, ingest.NON_FINITE),
+        (5, ingest.OUT_OF_RANGE),
+        (6, ingest.OUT_OF_RANGE),
+        (7, ingest.TOO_OLD),
+        (8, ingest.IN_FUTURE),
+        (9, ingest.DUPLICATE),
+    ]
+    assert "212" in ack.rejected[4].message
+    async with engine.connect() as conn:
+        values = sorted(
+            v
+            for (v,) in await conn.execute(
+                text("SELECT value FROM readings r JOIN sensors s ON s.key = r.sensor_key WHERE s.id = :id"),
+                {"id": sid},
+            )
+        )
+        last = await conn.scalar(text("SELECT last_observe_time FROM sensors WHERE id = :id"), {"id": sid})
+    assert values == pytest.approx([21.5, 100.0])  # °F converted to the sensor's °C
+    assert last == now - timedelta(minutes=1)
+
+
+async def test_rollups_equal_the_raw_aggregates(
+    pipeline: IngestPipeline, database: Database, farm: Farm, engine: AsyncEngine
+) -> None:
+    ids = [await add_sensor(database, farm) for _ in range(3)]
+    rng = random.Random(7)
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    submits = []
+    for sequence in range(1, 13):  # batches from two gateways, overlapping buckets, several commits
+        readings = [
+            ReadingIn(
+                rng.choice(ids),
+                base + timedelta(seconds=rng.randrange(0, 3 * 3600), microseconds=rng.randrange(10**6)),
+                rng.uniform(-10, 40),
+                CELSIUS,
+            )
+            for _ in range(rng.randrange(1, 300))
+        ]
+        gw = f"gw-{sequence % 2}"
+        submits.append(
+            pipeline.submit(license_id=farm.license_id, gateway_id=gw, sequence=sequence, readings=readings)
+        )
+    await asyncio.gather(*submits)
+    for table, unit in (("readings_1m", "minute"), ("readings_1h", "hour")):
+        async with engine.connect() as conn:
+            rolled = (
+                await conn.execute(
+                    text(
+                        f"SELECT r.sensor_key, r.bucket_start, r.min, r.max, r.sum, r.count FROM {table} r "
+                        "JOIN sensors s ON s.key = r.sensor_key WHERE s.id = ANY(:ids) ORDER BY 1, 2"
+                    ),
+                    {"ids": ids},
+                )
+            ).all()
+            raw = (
+                await conn.execute(
+                    text(
+                        f"SELECT r.sensor_key, date_trunc('{unit}', r.observe_time), min(value), max(value), "
+                        "sum(value), count(*) FROM readings r JOIN sensors s ON s.key = r.sensor_key "
+                        "WHERE s.id = ANY(:ids) GROUP BY 1, 2 ORDER BY 1, 2"
+                    ),
+                    {"ids": ids},
+                )
+            ).all()
+        assert len(rolled) == len(raw) > 0
+        for a, b in zip(rolled, raw, strict=True):
+            assert a[:2] == b[:2]
+            assert a[2:4] == b[2:4]
+            assert a[4] == pytest.approx(b[4])
+            assert a[5] == b[5]
+
+
+async def test_listeners_get_what_was_committed(
+    pipeline: IngestPipeline, database: Database, farm: Farm
+) -> None:
+    sid = await add_sensor(database, farm)
+    seen: list[CommittedReading] = []
+    pipeline.add_listener(seen.extend)
+    try:
+        t0 = datetime.now(UTC) - timedelta(minutes=5)
+        await pipeline.submit(
+            license_id=farm.license_id, gateway_id="gw-l", sequence=1, readings=batch(sid, 4, t0)
+        )
+        await pipeline.submit(
+            license_id=farm.license_id, gateway_id="gw-l", sequence=1, readings=batch(sid, 4, t0)
+        )
+    finally:
+        pipeline.remove_listener(seen.extend)
+    mine = [r for r in seen if r.sensor_id == sid]
+    assert len(mine) == 4  # the replay was not stored, so not announced
+    assert {(r.license_id, r.section_id, r.metric, r.unit) for r in mine} == {
+        (farm.license_id, farm.section_id, TEMPERATURE, CELSIUS)
+    }
+
+
+async def test_a_deleted_sensor_refuses_readings(
+    pipeline: IngestPipeline, database: Database, farm: Farm
+) -> None:
+    sid = await add_sensor(database, farm)
+    now = datetime.now(UTC)
+    ok = await pipeline.submit(
+        license_id=farm.license_id, gateway_id="g", sequence=None, readings=batch(sid, 1, now)
+    )
+    assert ok.accepted == 1
+
+    async def delete(uow: UnitOfWork) -> None:
+        await sensors.delete_sensor(uow, farm.license_id, sid, "")
+
+    await database.write(CTX, delete)
+    pipeline.sensors.invalidate(sid)
+    ack = await pipeline.submit(
+        license_id=farm.license_id, gateway_id="g", sequence=None, readings=batch(sid, 1, now)
+    )
+    assert (ack.accepted, ack.rejected[0].reason) == (0, ingest.UNKNOWN_SENSOR)
+
+
+async def test_backpressure_bounds_the_queued_readings(
+    engine: AsyncEngine, database: Database, farm: Farm
+) -> None:
+    sid = await add_sensor(database, farm)
+    p = IngestPipeline(engine, writers=1, max_pending=2500)
+    await p.start()
+    peak = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, p.pending)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    t0 = datetime.now(UTC) - timedelta(hours=2)
+    try:
+        acks = await asyncio.gather(
+            *(
+                p.submit(
+                    license_id=farm.license_id,
+                    gateway_id=f"bp-{i}",
+                    sequence=1,
+                    readings=batch(sid, 1000, t0 + timedelta(minutes=20 * i), step=1.0),
+                )
+                for i in range(6)
+            )
+        )
+    finally:
+        done.set()
+        await watcher
+        await p.stop()
+    assert sum(a.accepted for a in acks) == 6000
+    assert 1000 <= peak <= 2500
+
+
+async def test_stop_commits_and_acks_what_it_accepted(
+    engine: AsyncEngine, database: Database, farm: Farm
+) -> None:
+    sid = await add_sensor(database, farm)
+    p = IngestPipeline(engine, writers=2, max_pending=50_000)
+    await p.start()
+    t0 = datetime.now(UTC) - timedelta(hours=5)
+    tasks = [
+        asyncio.create_task(
+            p.submit(
+                license_id=farm.license_id,
+                gateway_id="stop",
+                sequence=i + 1,
+                readings=batch(sid, 500, t0 + timedelta(minutes=10 * i), step=1.0),
+            )
+        )
+        for i in range(20)
+    ]
+    while p.pending == 0:  # noqa: ASYNC110  (stop while some batches are queued, others not yet)
+        await asyncio.sleep(0)
+    await p.stop()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    acked = sum(r.accepted for r in results if isinstance(r, ingest.Ack))
+    refused = [r for r in results if not isinstance(r, ingest.Ack)]
+    assert all(isinstance(r, DependencyUnavailable) for r in refused)
+    assert acked > 0
+    assert await count(engine, sid) == acked  # nothing committed without its acknowledgement
+    with pytest.raises(DependencyUnavailable):
+        await p.submit(license_id=farm.license_id, gateway_id="stop", sequence=99, readings=batch(sid, 1, t0))
+
+
+async def test_partitions_are_created_ahead_and_dropped_after_retention(engine: AsyncEngine) -> None:
+    manager = partitions.PartitionManager(engine, ahead_days=2, behind_days=1, retention_days=30)
+    created, _ = await manager.run_once(today=date(2001, 1, 10))
+    assert created == [date(2001, 1, 9), date(2001, 1, 10), date(2001, 1, 11), date(2001, 1, 12)]
+    again, _ = await manager.run_once(today=date(2001, 1, 10))
+    assert again == []
+    have = await partitions.existing(engine)
+    assert date(2001, 1, 12) in have
+    # 40 days later the January partitions are past the 30-day retention.
+    created, dropped = await manager.run_once(today=date(2001, 2, 19))
+    assert dropped == [date(2001, 1, 9), date(2001, 1, 10), date(2001, 1, 11), date(2001, 1, 12)]
+    have = await partitions.existing(engine)
+    assert not [d for d in have if d < date(2001, 1, 20)]
+    async with engine.begin() as conn:  # leave no 2001 partitions to other tests
+        for d in have:
+            if d.year == 2001:
+                await conn.execute(text(f"DROP TABLE {partitions.partition_name(d)}"))
