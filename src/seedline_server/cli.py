@@ -110,6 +110,37 @@ def worker(
         _stop_embedded(settings, started)
 
 
+@app.command("mqtt-bridge")
+def mqtt_bridge() -> None:
+    """Run an MQTT bridge: gateway readings from the broker, committed, then acknowledged.
+
+    Settings: SEEDLINE_MQTT_URL (mqtt://host:1883), SEEDLINE_MQTT_CLIENT_ID (distinct per
+    process and stable across its restarts), SEEDLINE_MQTT_SHARE_GROUP, SEEDLINE_MQTT_TOPIC
+    (docs/telemetry-mqtt.md). Run several to share the load through the shared subscription.
+    """
+    import signal as _signal
+
+    from seedline_server.telemetry.mqtt_bridge import MqttBridgeSettings
+    from seedline_server.telemetry.mqtt_bridge import serve as serve_bridge
+
+    settings = _settings()
+    mqtt = MqttBridgeSettings()
+    url, started = _database(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (_signal.SIGTERM, _signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        console.print(f"mqtt bridge {mqtt.client_id} subscribing to {mqtt.subscription()} at {mqtt.url}")
+        await serve_bridge(url, mqtt, stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        _stop_embedded(settings, started)
+
+
 @app.command()
 def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
     """Apply database migrations."""
