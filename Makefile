@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/bench_rpc.py
 	$(BIN)/python bench/bench_inventory.py
 	$(BIN)/python bench/bench_integrations.py
+	$(BIN)/python bench/bench_telemetry.py
 
 clean:
 	rm -rf $(VENV) .seedline
