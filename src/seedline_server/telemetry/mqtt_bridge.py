@@ -701,17 +701,27 @@ async def serve(
     Migrates the database first (like ``seedline worker``). On stop, the batches already handed to
     the pipeline are committed and acknowledged before the pipeline stops.
     """
+    from seedline_server.service.uow import Database
     from seedline_server.store import db
+    from seedline_server.telemetry.alerts import AlertHub
     from seedline_server.telemetry.ingest import IngestPipeline
 
     await db.migrate(database_url)
-    engine = db.make_engine(database_url, pool_size=writers + 2)
+    engine = db.make_engine(database_url, pool_size=writers + 4)
     pipeline = IngestPipeline(engine, writers=writers)
+    # Every process that ingests evaluates the alert rules on what it committed: readings that
+    # arrive only over MQTT raise and clear alerts like those of the gRPC stream.
+    alerts = AlertHub(
+        Database(db.sessionmaker(engine)), database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    )
+    await alerts.start()
+    pipeline.add_listener(alerts.on_readings)
     await pipeline.start()
     bridge = MqttBridge(pipeline, settings)
     try:
         await bridge.run(stop)
     finally:
         await pipeline.stop()
+        await alerts.stop()  # after the pipeline: the last commits' alerts are persisted
         await engine.dispose()
     return bridge.stats
