@@ -181,12 +181,8 @@ def test_sensor_lifecycle_and_access(channel: grpc.Channel) -> None:
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    def changed(**fields: Any) -> pb.Sensor:  # the contract validates the whole sensor sent
-        out = pb.Sensor()
-        out.CopyFrom(sensor)
-        for k, v in fields.items():
-            setattr(out, k, v)
-        return out
+    def changed(**fields: Any) -> pb.Sensor:  # only what changes, with the mask (AIP-134)
+        return pb.Sensor(name=sensor.name, etag=sensor.etag, **fields)
 
     renamed = stub.UpdateSensor(
         pb.UpdateSensorRequest(
@@ -194,6 +190,7 @@ def test_sensor_lifecycle_and_access(channel: grpc.Channel) -> None:
         )
     )
     assert (renamed.display_name, renamed.etag != sensor.etag) == ("north", True)
+    assert (renamed.metric, renamed.unit, renamed.section) == (sensor.metric, sensor.unit, sensor.section)
     with pytest.raises(grpc.RpcError) as err:  # the old etag is stale now
         stub.UpdateSensor(
             pb.UpdateSensorRequest(

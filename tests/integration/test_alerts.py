@@ -221,18 +221,30 @@ async def test_rule_crud(stack: Stack, farm: Farm) -> None:
         await stack.stub.ListAlertRules(pb.ListAlertRulesRequest(parent=parent, filter="colour = red"))
     assert status_of(bad.value) == grpc.StatusCode.INVALID_ARGUMENT
 
-    change = pb.AlertRule()
-    change.CopyFrom(created)
-    change.display_name = "Way too hot"
+    # Only what changes (AIP-134): the condition, severity... need not be restated.
+    change = pb.AlertRule(name=created.name, display_name="Way too hot", etag=created.etag)
     updated = await stack.stub.UpdateAlertRule(
         pb.UpdateAlertRuleRequest(
             alert_rule=change, update_mask=field_mask_pb2.FieldMask(paths=["display_name"])
         )
     )
     assert updated.display_name == "Way too hot"
+    assert updated.condition == created.condition
     assert updated.etag != created.etag
+    with pytest.raises(grpc.aio.AioRpcError) as blank:  # what the mask names is still checked
+        await stack.stub.UpdateAlertRule(
+            pb.UpdateAlertRuleRequest(
+                alert_rule=pb.AlertRule(name=created.name, etag=updated.etag),
+                update_mask=field_mask_pb2.FieldMask(paths=["severity"]),
+            )
+        )
+    assert status_of(blank.value) == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as stale:
-        await stack.stub.UpdateAlertRule(pb.UpdateAlertRuleRequest(alert_rule=change))
+        await stack.stub.UpdateAlertRule(
+            pb.UpdateAlertRuleRequest(
+                alert_rule=change, update_mask=field_mask_pb2.FieldMask(paths=["display_name"])
+            )
+        )
     assert status_of(stale.value) == grpc.StatusCode.ABORTED
 
     await stack.stub.DeleteAlertRule(pb.DeleteAlertRuleRequest(name=created.name, request_id="del-1"))

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server.api import names
 from seedline_server.api.convert import call, dt, replay, ts
-from seedline_server.api.interceptor import annotate_violations
+from seedline_server.api.interceptor import validate_masked_only
 from seedline_server.api.lab import load_panels
 from seedline_server.config import Settings
 from seedline_server.crypto import KeyRing
@@ -163,29 +163,7 @@ def difference_pb(row: im.SyncDifference) -> pb.SyncDifference:
     )
 
 
-def _masked_only(request: Any, found: list[FieldViolation]) -> list[FieldViolation]:
-    """An update checks only what its mask names (AIP-134): PATCH one field without the rest.
-
-    The merged integration (stored fields plus the masked ones) is validated again by the use
-    case, so nothing unchecked is stored.
-    """
-    paths = [p for p in request.update_mask.paths if p != "*"]
-    if not paths:
-        return found
-    heads = {p.split(".", 1)[0] for p in paths} | {"name", "etag"}
-    kept = []
-    for v in found:
-        field = v.field
-        if not field.startswith("integration"):
-            kept.append(v)  # update_mask, request_id, ...
-            continue
-        rest = field.removeprefix("integration").lstrip(".")
-        if rest and rest.split(".", 1)[0].split("[", 1)[0] in heads:
-            kept.append(v)
-    return kept
-
-
-annotate_violations(pb.UpdateIntegrationRequest, _masked_only)
+validate_masked_only(pb.UpdateIntegrationRequest, "integration")
 
 
 def spec_of(i: pb.Integration) -> uc.Spec:

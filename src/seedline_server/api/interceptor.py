@@ -203,6 +203,33 @@ def check_with(message_type: type[Message], checker: Checker) -> None:
     _checkers[message_type.DESCRIPTOR.full_name] = checker
 
 
+def validate_masked_only(request_type: type[Message], resource_field: str) -> None:
+    """Have updates of ``request_type`` check only what their mask names (AIP-134).
+
+    A PATCH of one field need not restate the rest of the resource (required fields, whole-message
+    rules): violations under ``resource_field`` outside the masked paths are dropped, except the
+    resource's ``name`` and ``etag``. The use case validates the merged resource before storing it.
+    With no mask (or ``*``) everything is checked.
+    """
+
+    def masked_only(request: Message, found: list[FieldViolation]) -> list[FieldViolation]:
+        paths = [p for p in getattr(request, "update_mask").paths if p != "*"]  # noqa: B009
+        if not paths:
+            return found
+        heads = {p.split(".", 1)[0] for p in paths} | {"name", "etag"}
+        kept = []
+        for v in found:
+            if v.field != resource_field and not v.field.startswith(resource_field + "."):
+                kept.append(v)  # update_mask, request_id, ...
+                continue
+            rest = v.field[len(resource_field) :].lstrip(".")
+            if rest and rest.split(".", 1)[0].split("[", 1)[0] in heads:
+                kept.append(v)
+        return kept
+
+    annotate_violations(request_type, masked_only)
+
+
 def validate(request: Message) -> None:
     """Raise INVALID_ARGUMENT with every field violation, or return."""
     checker = _checkers.get(request.DESCRIPTOR.full_name)

@@ -25,7 +25,7 @@ from seedline.telemetry.v1 import telemetry_pb2_grpc
 
 from seedline_server.api import names
 from seedline_server.api.convert import call, dt, replay, ts
-from seedline_server.api.interceptor import check_with
+from seedline_server.api.interceptor import check_with, validate_masked_only
 from seedline_server.api.telemetry_alerts import AlertRpcs
 from seedline_server.domain.errors import (
     FailedPrecondition,
@@ -167,6 +167,9 @@ def _retrieved(task: asyncio.Task[Any]) -> None:
     """Mark a batch task's outcome as seen (its stream may have ended before its ack)."""
     if not task.cancelled():
         task.exception()
+
+
+validate_masked_only(pb.UpdateSensorRequest, "sensor")
 
 
 class TelemetryCore(telemetry_pb2_grpc.TelemetryServiceServicer):

@@ -17,6 +17,7 @@ from seedline.telemetry.v1 import telemetry_pb2 as pb
 
 from seedline_server.api import names
 from seedline_server.api.convert import call, replay, ts
+from seedline_server.api.interceptor import validate_masked_only
 from seedline_server.service import alerts as uses
 from seedline_server.service.registry import etag, get_license
 from seedline_server.service.uow import Database, UnitOfWork
@@ -116,6 +117,9 @@ def condition_in(license_id: str, c: pb.AlertCondition, field: str) -> uses.Cond
         upper_bound=c.upper_bound if c.HasField("upper_bound") else None,
         hold_seconds=c.hold_duration.ToTimedelta().total_seconds(),
     )
+
+
+validate_masked_only(pb.UpdateAlertRuleRequest, "alert_rule")
 
 
 class AlertRpcs:
