@@ -475,3 +475,123 @@ def api_key_revoke(key: Annotated[str, typer.Argument(help="apiKeys/ID or ID")])
         typer.echo(f"apiKeys/{key_id} not found", err=True)
         raise typer.Exit(1)
     typer.echo(f"apiKeys/{key_id} revoked")
+
+
+telemetry_app = typer.Typer(help="Sensor telemetry tools.", no_args_is_help=True)
+app.add_typer(telemetry_app, name="telemetry")
+
+
+@telemetry_app.command("simulate")
+def telemetry_simulate(
+    license: Annotated[str, typer.Option(help="The license, `licenses/ID` or ID.")],
+    target: Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")] = (
+        "127.0.0.1:50051"
+    ),
+    sensors: Annotated[
+        int, typer.Option(help="Register this many sensors in --section first (temperature/humidity).", min=0)
+    ] = 0,
+    section: Annotated[
+        str | None,
+        typer.Option(help="`licenses/ID/sections/ID`: where to register, or whose sensors to use."),
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Readings per second over all gateways (default: as fast as acked).")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Readings per message.", min=1, max=5000)] = 1000,
+    duration: Annotated[float | None, typer.Option(help="Seconds to send for.", min=0)] = None,
+    readings: Annotated[int | None, typer.Option(help="Readings to send in all.", min=0)] = None,
+    gateways: Annotated[int, typer.Option(help="Simulated gateways (one stream each).", min=1)] = 1,
+    window: Annotated[int, typer.Option(help="Unacknowledged batches per stream.", min=1, max=16)] = 16,
+    invalid: Annotated[
+        float, typer.Option(help="Share of readings made invalid on purpose (0..1).", min=0.0, max=1.0)
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the simulated values.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
+    ] = None,
+) -> None:
+    """Simulated gateways stream realistic readings; prints what was sent, acknowledged, rejected.
+
+    Without --duration or --readings it runs until Ctrl-C (a second Ctrl-C abandons the drain).
+    Gateways keep batches until acknowledged and replay them after a broken stream (exit 1 when
+    a gateway gave up).
+    """
+    import signal as _signal
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from seedline_server.telemetry import simulate as sim
+
+    async def main() -> sim.Summary:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+
+        def interrupt() -> None:
+            if stop.is_set() and main_task is not None:
+                main_task.cancel()
+            stop.set()
+
+        handled = True
+        try:
+            loop.add_signal_handler(_signal.SIGINT, interrupt)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            handled = False
+        columns = (
+            TextColumn("acknowledged"),
+            BarColumn(),
+            MofNCompleteColumn() if readings is not None else TextColumn("{task.completed:,.0f}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("ack", total=readings, rate="")
+            began = [0.0]
+
+            def started(_summary: sim.Summary) -> None:
+                began[0] = loop.time()
+
+            def advance(n: int) -> None:
+                progress.advance(task, n)
+                elapsed = loop.time() - began[0]
+                if elapsed > 0:
+                    done = progress.tasks[0].completed
+                    progress.update(task, rate=f"{done / elapsed:,.0f}/s")
+
+            try:
+                return await sim.simulate(
+                    target,
+                    license,
+                    sensors=sensors,
+                    section=section,
+                    gateways=gateways,
+                    batch=batch,
+                    window=window,
+                    rate=rate,
+                    duration=duration,
+                    readings=readings,
+                    token=token,
+                    invalid_fraction=invalid,
+                    seed=seed,
+                    stop=stop,
+                    on_start=started,
+                    on_progress=advance,
+                )
+            finally:
+                if handled:
+                    loop.remove_signal_handler(_signal.SIGINT)
+
+    try:
+        summary = asyncio.run(main())
+    except sim.SimulationError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    except asyncio.CancelledError:
+        console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    out = Console(soft_wrap=True, highlight=False)
+    for line in sim.describe(summary):
+        out.print(line, markup=False)
+    if summary.errors:
+        raise typer.Exit(1)
