@@ -282,11 +282,38 @@ async def main(args: argparse.Namespace) -> None:
                 q_ms[table] = statistics.median(times)
             await conn.close()
 
+            # MQTT: real mosquitto, `seedline mqtt-bridge` processes, JSON batches of 100, QoS 1.
+            mqtt: dict[str, float] | None = None
+            if args.mqtt_readings:
+                from tests.support.mosquitto import mqtt_ingest_rate, start_broker
+
+                broker = start_broker(root / "mqtt")
+                try:
+                    conn = await asyncpg.connect(dsn)
+                    section = await conn.fetchval("SELECT section_id FROM sensors WHERE id = $1", ids[0][0])
+                    await conn.close()
+                    mqtt = await mqtt_ingest_rate(
+                        broker,
+                        url,
+                        license_id=license_.split("/")[1],
+                        section_id=str(section),
+                        sensor_ids=ids[0],
+                        readings=args.mqtt_readings,
+                        bridges=args.bridges,
+                    )
+                finally:
+                    broker.stop()
+
             print()
             print(f"{'target':46} {'readings/s':>12} {'vs raw COPY':>12}")
             ratio = grpc_rate / copy_rate
             print(f"{'IngestReadings (gRPC, acked = committed)':46} {grpc_rate:12,.0f} {ratio:12.0%}")
             print(f"{'raw asyncpg COPY into readings (2 conns)':46} {copy_rate:12,.0f} {1:12.0%}")
+            if mqtt is not None:
+                label = f"MQTT, {args.bridges} bridge(s), 100 readings/message"
+                print(
+                    f"{label:46} {mqtt['readings_per_s']:12,.0f} {mqtt['readings_per_s'] / copy_rate:12.0%}"
+                )
             print()
             busy = f"{len(lat)} batches, 16 in flight per stream"
             print(f"ack latency  p50 {p50:.1f} ms   p99 {p99:.1f} ms   ({busy})")
@@ -309,4 +336,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gateways", type=int, default=4)
     parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--mqtt-readings", type=int, default=200_000, help="0 skips the MQTT part")
+    parser.add_argument("--bridges", type=int, default=2)
     asyncio.run(main(parser.parse_args()))
