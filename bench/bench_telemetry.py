@@ -69,6 +69,20 @@ def machine() -> None:
     print(f"python    {platform.python_version()}")
 
 
+def server_pids(parent: int) -> list[int]:
+    """The server processes: the parent's children with --workers N > 1, else the parent."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == parent:
+                children.append(int(entry.name))
+    return children or [parent]
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -202,7 +216,9 @@ async def main(args: argparse.Namespace) -> None:
         root = Path(tmp)
         pg = db.start_embedded(root / "pg", database="bench")
         url = pg.url("bench")
-        server = ServerProcess(database_url=url, data_dir=root / "server")
+        server = ServerProcess(
+            database_url=url, data_dir=root / "server", args=["--workers", str(args.server_workers)]
+        )
         try:
             server.start()
             license_, ids = setup(server.target, args.gateways)
@@ -210,13 +226,13 @@ async def main(args: argparse.Namespace) -> None:
             msgs = [batches(license_, g, ids[g], args.batches, t0) for g in range(args.gateways)]
             total = args.gateways * args.batches * PER_BATCH
             shape = f"{args.gateways} streams x {args.batches} batches x {PER_BATCH} readings"
-            print(f"load      {shape} = {total:,}")
+            print(f"load      {shape} = {total:,}; server processes {args.server_workers}")
             latencies: list[float] = []
             t = time.perf_counter()
             acked = await asyncio.gather(*(stream(server.target, m, latencies) for m in msgs))
             grpc_s = time.perf_counter() - t
             assert server.proc is not None
-            rss = peak_rss_mb(server.proc.pid)
+            rss = sum(peak_rss_mb(pid) for pid in server_pids(server.proc.pid))
             grpc_rate = sum(acked) / grpc_s
             lat = sorted(latencies)
             p50 = lat[len(lat) // 2] * 1e3
@@ -319,7 +335,7 @@ async def main(args: argparse.Namespace) -> None:
             print(f"ack latency  p50 {p50:.1f} ms   p99 {p99:.1f} ms   ({busy})")
             idle = "1 stream, 1 batch in flight"
             print(f"ack latency  p50 {light_p50:.1f} ms   p99 {light_p99:.1f} ms   ({idle})")
-            print(f"server peak RSS  {rss:.0f} MiB")
+            print(f"server peak RSS  {rss:.0f} MiB ({args.server_workers} process(es) together)")
             print()
             print(
                 f"{'index choice (unpartitioned scratch)':46} {'COPY rows/s':>12} {'1-sensor 1-h query':>20}"
@@ -338,4 +354,5 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--mqtt-readings", type=int, default=200_000, help="0 skips the MQTT part")
     parser.add_argument("--bridges", type=int, default=2)
+    parser.add_argument("--server-workers", type=int, default=1, help="`seedline serve --workers N`")
     asyncio.run(main(parser.parse_args()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,16 +52,71 @@ def _stop_embedded(settings: Settings, started: bool) -> None:
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Server processes sharing the gRPC ports (SO_REUSEPORT); the kernel spreads connections.",
+        ),
+    ] = 1,
+) -> None:
     """Run the gRPC server (migrates first; embedded PostgreSQL when DATABASE_URL is unset)."""
     from seedline_server import server
 
     settings = _settings()
     url, started = _database(settings)
     try:
-        asyncio.run(server.serve(settings, url))
+        if workers == 1:
+            dev = settings.database_url is None or os.environ.get(_DEV_CHILD) == "1"
+            asyncio.run(server.serve(settings, url, dev=dev))
+        else:
+            _serve_processes(settings, url, workers)
     finally:
         _stop_embedded(settings, started)
+
+
+# Set for the processes of `serve --workers N` started over the parent's embedded database, so
+# they keep the development defaults (such as the persisted development secrets key).
+_DEV_CHILD = "SEEDLINE_INTERNAL_DEV_CHILD"
+
+
+def _serve_processes(settings: Settings, url: str, workers: int) -> None:
+    """Run ``workers`` server processes on the same ports until SIGTERM/SIGINT, then stop them all."""
+    import signal as _signal
+    import subprocess
+    import sys
+    import time
+
+    from seedline_server.store import db
+
+    if not settings.grpc_port or not settings.edge_port:
+        console.print("[red]--workers needs fixed ports: set SEEDLINE_GRPC_PORT and SEEDLINE_EDGE_PORT[/]")
+        raise typer.Exit(2)
+    asyncio.run(db.migrate(url))  # once, before the processes race for it
+    env = dict(os.environ, DATABASE_URL=url, SEEDLINE_REUSE_PORT="true")
+    if settings.database_url is None:
+        env[_DEV_CHILD] = "1"
+    argv = [sys.executable, "-c", "from seedline_server.cli import app; app()", "serve", "--workers", "1"]
+    children = [subprocess.Popen(argv, env=env) for _ in range(workers)]
+    console.print(f"{workers} server processes: {', '.join(str(c.pid) for c in children)}")
+
+    def forward(signum: int, _frame: object) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+
+    for sig in (_signal.SIGTERM, _signal.SIGINT):
+        _signal.signal(sig, forward)
+    # One process ending (a crash, or a signal) ends them all: a supervisor restarts the set.
+    while all(c.poll() is None for c in children):
+        time.sleep(0.2)
+    forward(_signal.SIGTERM, None)
+    codes = [c.wait() for c in children]
+    if any(codes):
+        raise typer.Exit(1)
 
 
 @app.command()

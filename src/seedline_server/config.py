@@ -172,6 +172,11 @@ class Settings(BaseSettings):
         description="Start scheduled pulls: plants every 4 h, inventory daily, a full reconciliation weekly.",
     )
 
+    reuse_port: bool = Field(
+        default=False,
+        description="Bind the gRPC listeners with SO_REUSEPORT so several server processes share the ports "
+        "(set by `seedline serve --workers N`).",
+    )
     telemetry_writers: int = Field(
         default=2,
         ge=1,

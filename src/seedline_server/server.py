@@ -236,7 +236,12 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
                 )
             ],
             # Room for the largest request: an 8 MiB certificate of analysis plus its fields.
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 9 * 1024 * 1024)],
+            options=[
+                # Several `seedline serve` processes share the ports when asked (--workers N); the
+                # kernel spreads new connections over them.
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+                ("grpc.max_receive_message_length", 9 * 1024 * 1024),
+            ],
         )
         license_pb2_grpc.add_LicenseServiceServicer_to_server(license_servicer, server)
         plant_pb2_grpc.add_PlantServiceServicer_to_server(plant_servicer, server)

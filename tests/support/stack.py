@@ -81,6 +81,8 @@ class ServerProcess:
     # A CA (and a 127.0.0.1/localhost server certificate) the server trusts for outbound calls:
     # tests serve their remotes (webhook receivers, fakes) with ``integration_pki.server_cert``.
     integration_pki: DevPki | None = None
+    # Extra arguments of `seedline serve` (e.g. ["--workers", "2"]).
+    args: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -106,7 +108,7 @@ class ServerProcess:
         env.update(self.extra_env)
         log = (self.data_dir / "server.log").open("wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "seedline"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [str(BIN / "seedline"), "serve", *self.args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
             wait_healthy(self.target)
