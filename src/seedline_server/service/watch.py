@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import asyncpg  # type: ignore[import-untyped]
 import structlog
 from sqlalchemy import func, or_, select
 
 from seedline_server.domain.errors import DependencyUnavailable, FieldViolation, InvalidArgument
 from seedline_server.service.context import CallContext
+from seedline_server.service.notify import NotifyLoop
 from seedline_server.service.transfers import NOTIFY_CHANNEL
 from seedline_server.service.uow import Database, UnitOfWork, now
 from seedline_server.store import models
@@ -79,19 +79,16 @@ class TransferFeed:
 
     def __init__(self, db: Database, dsn: str, ctx: CallContext, poll_interval: float = 5.0) -> None:
         self._db = db
-        self._dsn = dsn
         self._ctx = ctx
-        self._poll = poll_interval
         self._subs: set[Subscription] = set()
-        self._wake = asyncio.Event()
         self._last = 0
-        self._conn: asyncpg.Connection | None = None
+        self._notify = NotifyLoop(dsn, NOTIFY_CHANNEL, poll=poll_interval, name="transfer feed")
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the LISTEN connection and start dispatching from the current end of the log."""
         self._last = await self.head()
-        self._task = asyncio.create_task(self._run(), name="transfer-feed")
+        self._task = asyncio.create_task(self._notify.run(self._dispatch), name="transfer-feed")
 
     async def stop(self) -> None:
         """Stop dispatching and end every subscription (their streams answer UNAVAILABLE)."""
@@ -99,7 +96,7 @@ class TransferFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._close()
+        await self._notify.close()
         for sub in list(self._subs):
             self._end(sub)
 
@@ -200,36 +197,6 @@ class TransferFeed:
         while not sub.queue.empty():
             sub.queue.get_nowait()
         sub.queue.put_nowait(None)
-
-    async def _listen(self) -> None:
-        if self._conn is not None and not self._conn.is_closed():
-            return
-        self._conn = await asyncpg.connect(self._dsn)
-        await self._conn.add_listener(NOTIFY_CHANNEL, self._notified)
-
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
-
-    async def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
-            self._conn = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._listen()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
-                self._wake.clear()
-                await self._dispatch()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the database is away: keep the watchers, retry
-                log.warning("transfer feed: database unavailable, retrying", exc_info=True)
-                await self._close()
-                await asyncio.sleep(self._poll)
 
     async def _dispatch(self) -> None:
         while True:

@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import asyncpg  # type: ignore[import-untyped]
 import structlog
 
 from seedline_server.domain.errors import DependencyUnavailable
 from seedline_server.service import alerts as uses
 from seedline_server.service.context import CallContext, Principal
+from seedline_server.service.notify import NotifyLoop
 from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import alert_models as am
 from seedline_server.telemetry.ingest import CommittedReading
@@ -326,7 +326,6 @@ class AlertHub:
         retention: timedelta = timedelta(hours=1),
     ) -> None:
         self._db = db
-        self._dsn = dsn
         self._poll = poll_interval
         self._refresh_every = refresh_interval
         self._touch_every = touch_interval
@@ -345,9 +344,15 @@ class AlertHub:
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._watchers: set[Watcher] = set()
         self._last_seq = 0
-        self._wake = asyncio.Event()
         self._rules_dirty = asyncio.Event()
-        self._conn: asyncpg.Connection | None = None
+        # Alert changes of every process wake the feed; rule changes mark the rule cache stale.
+        self._notify = NotifyLoop(
+            dsn,
+            uses.EVENTS_CHANNEL,
+            poll=poll_interval,
+            name="alert feed",
+            also={uses.RULES_CHANNEL: self._rules_dirty.set},
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle --
@@ -358,7 +363,7 @@ class AlertHub:
         self._last_seq = await self._db.read(SYSTEM, uses.event_head)
         self._tasks = [
             asyncio.create_task(self._persist_loop(), name="alert-persist"),
-            asyncio.create_task(self._feed_loop(), name="alert-feed"),
+            asyncio.create_task(self._notify.run(self.dispatch), name="alert-feed"),
             asyncio.create_task(self._upkeep_loop(), name="alert-upkeep"),
         ]
 
@@ -372,7 +377,7 @@ class AlertHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await self._close()
+        await self._notify.close()
         for w in list(self._watchers):
             self._end(w)
 
@@ -581,40 +586,6 @@ class AlertHub:
                 return
 
     # -- background loops --
-
-    async def _listen(self) -> None:
-        if self._dsn is None or (self._conn is not None and not self._conn.is_closed()):
-            return
-        self._conn = await asyncpg.connect(self._dsn)
-        await self._conn.add_listener(uses.EVENTS_CHANNEL, self._on_event)
-        await self._conn.add_listener(uses.RULES_CHANNEL, self._on_rules)
-
-    def _on_event(self, *_: object) -> None:
-        self._wake.set()
-
-    def _on_rules(self, *_: object) -> None:
-        self._rules_dirty.set()
-
-    async def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
-            self._conn = None
-
-    async def _feed_loop(self) -> None:
-        while True:
-            try:
-                await self._listen()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
-                self._wake.clear()
-                await self.dispatch()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the database is away: keep the watchers, retry
-                log.warning("alert feed: database unavailable, retrying", exc_info=True)
-                await self._close()
-                await asyncio.sleep(self._poll)
 
     async def _upkeep_loop(self) -> None:
         loop = asyncio.get_running_loop()
