@@ -17,23 +17,21 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import SecretStr
 from seedline.integration.v1 import integration_pb2 as pb
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from ulid import ULID
 
 from seedline_server.config import Settings
 from seedline_server.crypto import KeyRing
 from seedline_server.domain import plant as plant_rules
-from seedline_server.service import plants, registry
+from seedline_server.service import integrations, plants
 from seedline_server.service.context import CallContext, Principal
 from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import integration_models as im
-from seedline_server.store import models
+from tests.integration import conftest as integration_fixtures
 
 CTX = CallContext(principal=Principal(name="users/loader", kind="USER"), method="tests.metrc_load")
 VENDOR_KEY = "vendor-key-" + "0" * 8
@@ -70,57 +68,29 @@ class Farm:
 
 
 async def make_farm(database: Database, metrc_url: str, number: str | None = None) -> Farm:
-    """A license (``number``) with a section, a variety and a METRC integration at ``metrc_url``."""
+    """A license (``number``) with a section, a variety and a METRC integration at ``metrc_url``.
+
+    The license comes from the integration tests' fixture; the integration is created through the
+    use case CreateIntegration runs (validated, credentials sealed with :func:`keyring`).
+    """
     number = number or f"LOAD-{uuid.uuid4().hex[:8].upper()}"
-    iid = str(ULID())
+    base = await integration_fixtures.make_farm(database, number)
+    spec = integrations.Spec(
+        kind="METRC",
+        display_name="METRC (fake)",
+        endpoint_uri=metrc_url,
+        enabled=True,
+        config=pb.MetrcConfig(
+            state_code="CO", facility_license_number=number, api_version=pb.METRC_API_VERSION_V2
+        ),
+        credentials=pb.Credentials(metrc=pb.MetrcCredentials(vendor_key=VENDOR_KEY, user_key=USER_KEY)),
+    )
 
-    async def run(uow: UnitOfWork) -> Farm:
-        company = await registry.create_company(uow, "Load Co")
-        lic = await registry.create_license(
-            uow,
-            registry.NewLicense(
-                company_id=company.id,
-                license_number=number,
-                display_name="Load Farm",
-                type=1,
-                jurisdiction="US-CO",
-                active=True,
-            ),
-        )
-        section = await registry.create_scoped(
-            uow,
-            lic.id,
-            models.Section(display_name="Clone Room", type=1, active=True, version=1),
-            "section",
-            "sections",
-        )
-        variety = await registry.create_scoped(
-            uow, lic.id, models.Variety(display_name="Load Haze", type=0), "variety", "varieties"
-        )
-        name = f"licenses/{lic.id}/integrations/{iid}"
-        creds = pb.Credentials(metrc=pb.MetrcCredentials(vendor_key=VENDOR_KEY, user_key=USER_KEY))
-        t = datetime.now(UTC)
-        uow.session.add(
-            im.Integration(
-                id=iid,
-                license_id=lic.id,
-                kind="METRC",
-                display_name="METRC (fake)",
-                endpoint_uri=metrc_url,
-                enabled=True,
-                config={"stateCode": "CO", "facilityLicenseNumber": number},
-                events=[],
-                credentials=keyring().seal(creds.SerializeToString(), name.encode()),
-                breaker_state="CLOSED",
-                breaker_failures=0,
-                create_time=t,
-                update_time=t,
-                version=1,
-            )
-        )
-        return Farm(lic.id, number, section.id, variety.id, iid)
+    async def run(uow: UnitOfWork) -> str:
+        return (await integrations.create_integration(uow, keyring(), base.license_id, spec)).row.id
 
-    return await database.write(CTX, run)
+    iid = await database.write(CTX, run)
+    return Farm(base.license_id, number, base.section_id, base.variety_id, iid)
 
 
 async def create_plants(database: Database, farm: Farm, count: int, *, per_transaction: int = 500) -> float:
