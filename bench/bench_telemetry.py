@@ -36,6 +36,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import numpy as np
 from google.protobuf import duration_pb2
 from seedline.license.v1 import license_pb2 as lic
 from seedline.license.v1 import license_pb2_grpc
@@ -43,6 +44,7 @@ from seedline.telemetry.v1 import telemetry_pb2 as pb
 from seedline.telemetry.v1 import telemetry_pb2_grpc
 
 from seedline_server.store import db
+from seedline_server.telemetry import partitions, writer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -52,6 +54,7 @@ from tests.support.stack import ServerProcess  # noqa: E402
 WINDOW = 16
 PER_BATCH = 1000
 SENSORS_PER_GATEWAY = 100
+DAY_US = 86_400 * 1_000_000
 
 
 def machine() -> None:
@@ -140,21 +143,33 @@ def setup(target: str, gateways: int) -> tuple[str, list[list[str]]]:
     return license_, ids
 
 
-def batches(license_: str, gateway: int | str, ids: list[str], n: int, t0: dt.datetime) -> list[bytes]:
-    """Pre-serialized IngestReadingsRequest messages of one gateway (10 time steps x 100 sensors)."""
+def batches(
+    license_: str, gateway: int | str, ids: list[str], n: int, t0: dt.datetime, columnar: bool = False
+) -> list[bytes]:
+    """Pre-serialized IngestReadingsRequest messages of one gateway (10 time steps x 100 sensors).
+
+    ``columnar``: the readings in ``columns`` (ReadingColumns) instead of one ``Reading`` each.
+    """
     steps = PER_BATCH // len(ids)
     out = []
     for b in range(n):
         req = pb.IngestReadingsRequest(sequence=b + 1)
         if b == 0:
             req.parent, req.gateway_id = license_, f"bench-{gateway}"
+        if columnar:
+            req.columns.sensor_ids.extend(ids)
+            req.columns.units.extend([pb.MEASUREMENT_UNIT_CELSIUS] * len(ids))
         for i in range(steps):
             seconds = int(t0.timestamp()) + b * steps + i
             for s, sid in enumerate(ids):
-                r = req.readings.add(
-                    sensor_id=sid, value=20.0 + (s % 10) * 0.1, unit=pb.MEASUREMENT_UNIT_CELSIUS
-                )
-                r.observe_time.seconds = seconds
+                value = 20.0 + (s % 10) * 0.1
+                if columnar:
+                    req.columns.sensor_indexes.append(s)
+                    req.columns.observe_unix_micros.append(seconds * 1_000_000)
+                    req.columns.values.append(value)
+                else:
+                    r = req.readings.add(sensor_id=sid, value=value, unit=pb.MEASUREMENT_UNIT_CELSIUS)
+                    r.observe_time.seconds = seconds
         out.append(req.SerializeToString())
     return out
 
@@ -210,6 +225,54 @@ async def raw_copy(
     return took
 
 
+async def raw_binary_copy(url: str, table: str, buffers: list[bytes], conns: int = 2) -> float:
+    """Seconds to COPY pre-encoded binary batches (one transaction each): PostgreSQL's own cost."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    pool = [await asyncpg.connect(dsn) for _ in range(conns)]
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for b in buffers:
+        queue.put_nowait(b)
+
+    async def work(conn: asyncpg.Connection) -> None:
+        while not queue.empty():
+            data = queue.get_nowait()
+            await conn.copy_to_table(
+                table,
+                source=memoryview(data),
+                columns=["sensor_key", "observe_time", "value"],
+                format="binary",
+            )
+
+    t = time.perf_counter()
+    await asyncio.gather(*(work(c) for c in pool))
+    took = time.perf_counter() - t
+    for c in pool:
+        await c.close()
+    return took
+
+
+async def grpc_run(target: str, msgs: list[list[bytes]]) -> tuple[float, list[float]]:
+    """Readings/s acknowledged over one stream per gateway, and the ack latencies."""
+    latencies: list[float] = []
+    t = time.perf_counter()
+    acked = await asyncio.gather(*(stream(target, m, latencies) for m in msgs))
+    return sum(acked) / (time.perf_counter() - t), sorted(latencies)
+
+
+def rows_of(keys: dict[str, int], ids: list[list[str]], n: int, start: dt.datetime) -> list[list[Any]]:
+    """The bench's readings as COPY records, one list per 1,000-reading batch."""
+    steps = PER_BATCH // SENSORS_PER_GATEWAY
+    return [
+        [
+            (keys[sid], start + dt.timedelta(seconds=b * steps + i), 20.0 + (s % 10) * 0.1)
+            for i in range(steps)
+            for s, sid in enumerate(gateway)
+        ]
+        for gateway in ids
+        for b in range(n)
+    ]
+
+
 async def main(args: argparse.Namespace) -> None:
     machine()
     with tempfile.TemporaryDirectory(prefix="seedline-bench-tel-") as tmp:
@@ -223,51 +286,48 @@ async def main(args: argparse.Namespace) -> None:
             server.start()
             license_, ids = setup(server.target, args.gateways)
             t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
-            msgs = [batches(license_, g, ids[g], args.batches, t0) for g in range(args.gateways)]
             total = args.gateways * args.batches * PER_BATCH
             shape = f"{args.gateways} streams x {args.batches} batches x {PER_BATCH} readings"
-            print(f"load      {shape} = {total:,}; server processes {args.server_workers}")
-            latencies: list[float] = []
-            t = time.perf_counter()
-            acked = await asyncio.gather(*(stream(server.target, m, latencies) for m in msgs))
-            grpc_s = time.perf_counter() - t
+            print(f"load      {shape} = {total:,} per run; server processes {args.server_workers}")
+
+            # Baselines first (into the smaller table, so they are not slowed by what gRPC wrote):
+            # the same rows straight into the same table (same indexes), a few days apart.
+            dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+            shift = dt.timedelta(days=1)
+            conn = await asyncpg.connect(dsn)
+            keys = {r[0]: r[1] for r in await conn.fetch("SELECT id, key FROM sensors")}
+            await partitions.ensure(conn, {(t0 + d).date() for d in (shift, -4 * shift, -3 * shift)})
+            await conn.close()
+            rows = rows_of(keys, ids, args.batches, t0 + shift)
+            copy_rate = total / await raw_copy(url, "readings", rows)
+            encoded = [
+                writer.copy_data(
+                    np.array([r[0] for r in b], dtype=np.int64),
+                    np.array([int(r[1].timestamp()) * 1_000_000 for r in b], dtype=np.int64) - 4 * DAY_US,
+                    np.array([r[2] for r in b], dtype=np.float64),
+                )
+                for b in rows
+            ]
+            binary_rate = total / await raw_binary_copy(url, "readings", encoded)
+
+            runs: dict[str, tuple[float, list[float]]] = {}
+            for label, columnar, start in (("columns", True, t0), ("rows", False, t0 - dt.timedelta(days=3))):
+                msgs = [
+                    batches(license_, f"{label}-{g}", ids[g], args.batches, start, columnar)
+                    for g in range(args.gateways)
+                ]
+                runs[label] = await grpc_run(server.target, msgs)
             assert server.proc is not None
             rss = sum(peak_rss_mb(pid) for pid in server_pids(server.proc.pid))
-            grpc_rate = sum(acked) / grpc_s
-            lat = sorted(latencies)
-            p50 = lat[len(lat) // 2] * 1e3
-            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3
+
+            def pct(lat: list[float], q: float) -> float:
+                return lat[min(len(lat) - 1, int(len(lat) * q))] * 1e3
 
             # Light load: one stream, one batch at a time: the latency of a commit itself.
-            light_msgs = batches(license_, "light", ids[0], 50, t0 - dt.timedelta(days=1))
+            light_msgs = batches(license_, "light", ids[0], 50, t0 - dt.timedelta(days=1), True)
             light: list[float] = []
             await stream(server.target, light_msgs, light, window=1)
             light.sort()
-            light_p50, light_p99 = light[len(light) // 2] * 1e3, light[int(len(light) * 0.99)] * 1e3
-
-            # The same rows, a day later, straight into the same table (same indexes).
-            dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-            conn = await asyncpg.connect(dsn)
-            keys = {r[0]: r[1] for r in await conn.fetch("SELECT id, key FROM sensors")}
-            await conn.close()
-            shift = dt.timedelta(days=1)
-            rows = []
-            for g in range(args.gateways):
-                for b in range(args.batches):
-                    steps = PER_BATCH // SENSORS_PER_GATEWAY
-                    rows.append(
-                        [
-                            (
-                                keys[sid],
-                                t0 + shift + dt.timedelta(seconds=b * steps + i),
-                                20.0 + (s % 10) * 0.1,
-                            )
-                            for i in range(steps)
-                            for s, sid in enumerate(ids[g])
-                        ]
-                    )
-            copy_s = await raw_copy(url, "readings", rows)
-            copy_rate = total / copy_s
 
             # Index choice: the same rows into scratch tables with BRIN only and BRIN + btree.
             conn = await asyncpg.connect(dsn)
@@ -321,20 +381,24 @@ async def main(args: argparse.Namespace) -> None:
                     broker.stop()
 
             print()
-            print(f"{'target':46} {'readings/s':>12} {'vs raw COPY':>12}")
-            ratio = grpc_rate / copy_rate
-            print(f"{'IngestReadings (gRPC, acked = committed)':46} {grpc_rate:12,.0f} {ratio:12.0%}")
-            print(f"{'raw asyncpg COPY into readings (2 conns)':46} {copy_rate:12,.0f} {1:12.0%}")
+            print(f"{'target':52} {'readings/s':>12} {'vs raw COPY':>12}")
+            for label, (rate, _lat) in runs.items():
+                name = f"IngestReadings (gRPC, {label}, acked = committed)"
+                print(f"{name:52} {rate:12,.0f} {rate / copy_rate:12.0%}")
+            print(f"{'raw asyncpg COPY of the records (2 conns)':52} {copy_rate:12,.0f} {1:12.0%}")
+            name = "raw COPY of pre-encoded binary (2 conns)"
+            print(f"{name:52} {binary_rate:12,.0f} {binary_rate / copy_rate:12.0%}")
             if mqtt is not None:
                 label = f"MQTT, {args.bridges} bridge(s), 100 readings/message"
                 print(
-                    f"{label:46} {mqtt['readings_per_s']:12,.0f} {mqtt['readings_per_s'] / copy_rate:12.0%}"
+                    f"{label:52} {mqtt['readings_per_s']:12,.0f} {mqtt['readings_per_s'] / copy_rate:12.0%}"
                 )
             print()
-            busy = f"{len(lat)} batches, 16 in flight per stream"
-            print(f"ack latency  p50 {p50:.1f} ms   p99 {p99:.1f} ms   ({busy})")
+            for label, (_rate, lat) in runs.items():
+                busy = f"{label}: {len(lat)} batches, 16 in flight per stream"
+                print(f"ack latency  p50 {pct(lat, 0.5):.1f} ms   p99 {pct(lat, 0.99):.1f} ms   ({busy})")
             idle = "1 stream, 1 batch in flight"
-            print(f"ack latency  p50 {light_p50:.1f} ms   p99 {light_p99:.1f} ms   ({idle})")
+            print(f"ack latency  p50 {pct(light, 0.5):.1f} ms   p99 {pct(light, 0.99):.1f} ms   ({idle})")
             print(f"server peak RSS  {rss:.0f} MiB ({args.server_workers} process(es) together)")
             print()
             print(

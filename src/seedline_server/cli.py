@@ -566,6 +566,13 @@ def telemetry_simulate(
         str | None,
         typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
     ] = None,
+    rows: Annotated[
+        bool,
+        typer.Option(
+            "--rows/--columns",
+            help="Send one Reading message per reading instead of the compact columnar batches.",
+        ),
+    ] = False,
 ) -> None:
     """Simulated gateways stream realistic readings; prints what was sent, acknowledged, rejected.
 
@@ -633,6 +640,7 @@ def telemetry_simulate(
                     stop=stop,
                     on_start=started,
                     on_progress=advance,
+                    columnar=not rows,
                 )
             finally:
                 if handled:

@@ -8,6 +8,7 @@ unacknowledged ones with their original sequence numbers, as the contract asks o
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 import uuid
@@ -274,6 +275,88 @@ def test_a_gateway_stream_stores_what_was_acknowledged(
     assert sum(b.count for b in agg.buckets) == accepted
     assert min(b.min for b in agg.buckets) == pytest.approx(68.0)  # 20 °C
     assert max(b.max for b in agg.buckets) == pytest.approx(78.8)  # 26 °C
+
+
+def stored_values(url: str, sensor_id: str) -> list[tuple[datetime, float]]:
+    """(observe_time, value) of a sensor's stored readings, oldest first."""
+
+    async def run() -> list[tuple[datetime, float]]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT r.observe_time, r.value FROM readings r "
+                        "JOIN sensors s ON s.key = r.sensor_key WHERE s.id = :id ORDER BY r.observe_time"
+                    ),
+                    {"id": sensor_id},
+                )
+                return [(row[0], float(row[1])) for row in rows]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def test_columnar_batches_are_checked_reading_by_reading(
+    channel: grpc.Channel, stack: EdgeProcess, e2e_pg_url: str
+) -> None:
+    license_, section = make_site(channel)
+    a, b = (new_sensor(channel, license_, section, f"col {i}").name.rsplit("/", 1)[1] for i in range(2))
+    unknown = "01JZ" + "0" * 22
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    us = int(t0.timestamp()) * 1_000_000
+    old = us - 40 * 86_400 * 1_000_000
+    columns = pb.ReadingColumns(
+        sensor_ids=[a, b, unknown],
+        units=[CELSIUS, pb.MEASUREMENT_UNIT_FAHRENHEIT, CELSIUS],
+        #               ok     ok(°F)  unknown nan    range  dup    old    past the sensors  ok
+        sensor_indexes=[0, 1, 2, 0, 0, 0, 0, 7, 0],
+        observe_unix_micros=[us, us, us, us + 1, us + 2, us, old, us, us + 250_000],
+        values=[21.5, 212.0, 20.0, math.nan, 500.0, 22.0, 20.0, 20.0, 23.0],
+    )
+    rows = [
+        reading(a, t0 - timedelta(seconds=1), 20.0),
+        reading(b, t0, 300.0),
+    ]  # b's unit is °C: 300 is too hot
+    first = pb.IngestReadingsRequest(
+        parent=license_, gateway_id="gw-columns", sequence=1, readings=rows, columns=columns
+    )
+    with grpc.insecure_channel(stack.server.target) as ch:
+        (ack,) = list(telemetry(ch).IngestReadings(iter([first]), metadata=ADMIN, timeout=30))
+    reasons = [(r.index, r.sensor, r.reason) for r in ack.rejected_readings]
+    assert reasons == [
+        (1, b, pb.REJECTION_REASON_OUT_OF_RANGE),
+        (4, unknown, pb.REJECTION_REASON_UNKNOWN_SENSOR),
+        (5, a, pb.REJECTION_REASON_NON_FINITE),
+        (6, a, pb.REJECTION_REASON_OUT_OF_RANGE),
+        (7, a, pb.REJECTION_REASON_DUPLICATE),
+        (8, a, pb.REJECTION_REASON_TOO_OLD),
+        (9, "", pb.REJECTION_REASON_MALFORMED),
+    ]
+    assert ack.accepted_count == 4  # one row and three column readings
+    assert stored_values(e2e_pg_url, a) == [
+        (t0 - timedelta(seconds=1), 20.0),
+        (t0, 21.5),
+        (t0 + timedelta(microseconds=250_000), 23.0),
+    ]
+    assert stored_values(e2e_pg_url, b) == [(t0, pytest.approx(100.0))]  # 212 °F stored as the sensor's °C
+    # A replay stores nothing and repeats the acknowledgement; bad columns end the stream.
+    with grpc.insecure_channel(stack.server.target) as ch:
+        (again,) = list(telemetry(ch).IngestReadings(iter([first]), metadata=ADMIN, timeout=30))
+        assert (again.replayed, again.accepted_count) == (True, 4)
+        assert again.rejected_readings == ack.rejected_readings
+        uneven = pb.IngestReadingsRequest(
+            parent=license_,
+            gateway_id="gw-columns",
+            sequence=2,
+            columns=pb.ReadingColumns(sensor_ids=[a], units=[CELSIUS], sensor_indexes=[0, 0], values=[1.0]),
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            list(telemetry(ch).IngestReadings(iter([uneven]), metadata=ADMIN, timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "columns" in (err.value.details() or "")
+    assert db_counts(e2e_pg_url, [a, b]) == (4, 4)
 
 
 def test_batch_ingest_is_idempotent_by_request_id(channel: grpc.Channel, e2e_pg_url: str) -> None:

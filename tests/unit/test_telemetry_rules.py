@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import math
+import struct
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from seedline.telemetry.v1 import telemetry_pb2 as pb
 
-from seedline_server.api.telemetry import parse_readings
+from seedline_server.api.telemetry import parse_columns, parse_readings
 from seedline_server.domain.errors import InvalidArgument
 from seedline_server.store.telemetry_models import include_name
-from seedline_server.telemetry import ingest, queries, ranges, rollup, sensors
+from seedline_server.telemetry import ingest, queries, ranges, rollup, sensors, writer
 from seedline_server.telemetry.ingest import CommittedReading
 from seedline_server.telemetry.watch import Interest, ReadingFeed
 
@@ -107,60 +109,109 @@ def test_conversions() -> None:
 rows_strategy = st.lists(
     st.tuples(
         st.integers(1, 4),
-        st.floats(min_value=1.7e9, max_value=1.7e9 + 3 * 86400, allow_nan=False),
+        st.integers(1_700_000_000_000_000, 1_700_000_000_000_000 + 3 * 86_400_000_000),
         st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
     ),
     max_size=200,
 )
+Row = tuple[int, int, float]
+
+
+def reference(rows: list[Row], width: int) -> dict[tuple[int, int], list[float]]:
+    """The roll-up by definition: one Python loop, bucket by bucket."""
+    out: dict[tuple[int, int], list[float]] = {}
+    for key, micros, value in rows:
+        bucket = out.setdefault((key, micros // 1_000_000 // width * width), [])
+        bucket.append(value)
+    return {k: [min(v), max(v), math.fsum(v), len(v)] for k, v in out.items()}
+
+
+def fold(rows: list[Row], width: int) -> rollup.Buckets:
+    return rollup.fold(
+        np.array([r[0] for r in rows], dtype=np.int64),
+        np.array([r[1] for r in rows], dtype=np.int64),
+        np.array([r[2] for r in rows], dtype=np.float64),
+        width,
+    )
+
+
+def as_dict(b: rollup.Buckets) -> dict[tuple[int, int], list[float]]:
+    keys, starts, mins, maxs, sums, counts = b.columns()
+    return {
+        (k, s): [lo, hi, t, n]
+        for k, s, lo, hi, t, n in zip(keys, starts, mins, maxs, sums, counts, strict=True)
+    }
+
+
+def assert_same(got: dict[tuple[int, int], list[float]], want: dict[tuple[int, int], list[float]]) -> None:
+    assert got.keys() == want.keys()
+    for key, (lo, hi, total, n) in want.items():
+        assert (got[key][0], got[key][1], got[key][3]) == (lo, hi, n)
+        assert got[key][2] == pytest.approx(total, rel=1e-9, abs=1e-6)
 
 
 @given(rows_strategy, st.integers(0, 200), st.sampled_from([rollup.MINUTE, rollup.HOUR]))
-def test_folding_in_batches_and_merging_equals_folding_at_once(
-    rows: list[tuple[int, float, float]], cut: int, width: int
+def test_fold_is_the_definition_and_batches_merge_like_the_upsert(
+    rows: list[Row], cut: int, width: int
 ) -> None:
-    whole = rollup.fold(rows, width)
-    as_writer = rollup.fold_rows(
-        [
-            ([(k, None, v) for k, _, v in rows[:cut]], [s for _, s, _ in rows[:cut]]),
-            ([(k, None, v) for k, _, v in rows[cut:]], [s for _, s, _ in rows[cut:]]),
-        ],
-        width,
-    )
-    assert as_writer.keys() == whole.keys()
-    assert all(as_writer[k][:2] == whole[k][:2] and as_writer[k][3] == whole[k][3] for k in whole)
-    left, right = rollup.fold(rows[:cut], width), rollup.fold(rows[cut:], width)
-    merged = dict(left)
-    for key, bucket in right.items():
-        merged[key] = rollup.merge(merged[key], bucket) if key in merged else bucket
-    assert merged.keys() == whole.keys()
-    for key, (lo, hi, total, n) in whole.items():
-        m = merged[key]
-        assert (m[0], m[1], m[3]) == (lo, hi, n)
-        assert m[2] == pytest.approx(total, rel=1e-9, abs=1e-6)
-        values = [v for k, s, v in rows if (k, int(s // width) * width) == key]
-        assert (lo, hi, n) == (min(values), max(values), len(values))
+    whole = fold(rows, width)
+    assert_same(as_dict(whole), reference(rows, width))
+    keys = list(zip(whole.keys.tolist(), whole.starts.tolist(), strict=True))
+    assert keys == sorted(keys)  # the upserts' lock order
+    # Two batches upserted one after the other (LEAST, GREATEST, +, +) equal one batch.
+    merged = as_dict(fold(rows[:cut], width))
+    for key, (lo, hi, total, n) in as_dict(fold(rows[cut:], width)).items():
+        have = merged.get(key)
+        merged[key] = (
+            [lo, hi, total, n]
+            if have is None
+            else [min(have[0], lo), max(have[1], hi), have[2] + total, have[3] + n]
+        )
+    assert_same(merged, reference(rows, width))
 
 
 @given(rows_strategy)
-def test_hours_from_minutes_equal_hours_from_readings(rows: list[tuple[int, float, float]]) -> None:
-    direct = rollup.fold(rows, rollup.HOUR)
-    coarse = rollup.coarsen(rollup.fold(rows, rollup.MINUTE), rollup.HOUR)
-    assert coarse.keys() == direct.keys()
-    for key, (lo, hi, total, n) in direct.items():
-        assert (coarse[key][0], coarse[key][1], coarse[key][3]) == (lo, hi, n)
-        assert coarse[key][2] == pytest.approx(total, rel=1e-9, abs=1e-6)
+def test_hours_from_minutes_equal_hours_from_readings(rows: list[Row]) -> None:
+    assert_same(as_dict(rollup.coarsen(fold(rows, rollup.MINUTE), rollup.HOUR)), reference(rows, rollup.HOUR))
 
 
-def test_rollup_columns_are_sorted_and_timestamped() -> None:
-    buckets = rollup.fold([(2, 120.5, 1.0), (1, 61.0, 3.0), (1, 59.0, 2.0), (1, 65.0, 5.0)], rollup.MINUTE)
-    keys, starts, mins, maxs, sums, counts = rollup.columns(buckets)
+@given(rows_strategy)
+def test_newest_is_each_sensors_latest_time(rows: list[Row]) -> None:
+    keys, times = rollup.newest(
+        np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.int64)
+    )
+    want: dict[int, int] = {}
+    for key, micros, _ in rows:
+        want[key] = max(want.get(key, micros), micros)
+    assert keys == sorted(want)
+    assert times == [want[k] for k in keys]
+
+
+def test_rollup_columns_are_sorted_epoch_seconds() -> None:
+    buckets = fold(
+        [(2, 120_500_000, 1.0), (1, 61_000_000, 3.0), (1, 59_000_000, 2.0), (1, 65_000_000, 5.0)], 60
+    )
+    keys, starts, mins, maxs, sums, counts = buckets.columns()
     assert keys == [1, 1, 2]
-    assert starts == [datetime.fromtimestamp(s, UTC) for s in (0, 60, 120)]
+    assert starts == [0, 60, 120]
     assert (mins, maxs, sums, counts) == ([2.0, 3.0, 1.0], [2.0, 5.0, 1.0], [2.0, 8.0, 1.0], [1, 2, 1])
+
+
+def test_copy_data_is_postgres_binary_copy() -> None:
+    data = writer.copy_data(
+        np.array([7], dtype=np.int64), np.array([946_684_800_000_001], dtype=np.int64), np.array([1.5])
+    )
+    header = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+    row = (3).to_bytes(2, "big") + b"".join(
+        (8).to_bytes(4, "big") + v
+        for v in ((7).to_bytes(8, "big"), (1).to_bytes(8, "big"), struct.pack(">d", 1.5))
+    )
+    assert data == header + row + b"\xff\xff"
 
 
 def test_parse_readings_refuses_what_cannot_be_validated() -> None:
     t = datetime(2026, 12, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+    us = int(t.timestamp()) * 1_000_000 + 250_000
     good_name = pb.Reading(sensor=f"licenses/{LIC}/sensors/{SENSOR}", value=1.0, unit=1)
     good_name.observe_time.FromDatetime(t)
     good_id = pb.Reading(sensor_id=SENSOR, value=2.0, unit=1)
@@ -175,8 +226,10 @@ def test_parse_readings_refuses_what_cannot_be_validated() -> None:
     parsed, where, refused = parse_readings(
         LIC, [good_name, other, no_time, good_id, no_unit, no_sensor, bad_id]
     )
-    assert (parsed.sensor_ids, parsed.times, parsed.values) == ([SENSOR] * 2, [t, t], [1.0, 2.0])
-    assert parsed.seconds == [t.timestamp()] * 2
+    assert parsed.sensor_ids == [SENSOR]
+    assert parsed.sensor_index.tolist() == [0, 0]
+    assert parsed.micros.tolist() == [us, us]
+    assert parsed.values.tolist() == [1.0, 2.0]
     assert where == [0, 3]
     assert [(r.index, r.reason) for r in refused] == [
         (1, ingest.OTHER_LICENSE),
@@ -185,6 +238,35 @@ def test_parse_readings_refuses_what_cannot_be_validated() -> None:
         (5, ingest.MALFORMED),
         (6, ingest.MALFORMED),
     ]
+
+
+def test_parse_columns_spreads_units_and_refuses_indexes_past_the_sensors() -> None:
+    other = "01JT" + "0" * 22
+    cols = pb.ReadingColumns(
+        sensor_ids=[SENSOR, other],
+        units=[ranges.CELSIUS, ranges.PERCENT],
+        sensor_indexes=[1, 0, 2, 1],
+        observe_unix_micros=[10, 20, 30, 40],
+        values=[50.0, 21.5, 1.0, 51.0],
+    )
+    parsed, where, refused = parse_columns(cols, offset=3)
+    assert parsed.sensor_ids == [SENSOR, other]
+    assert parsed.sensor_index.tolist() == [1, 0, 1]
+    assert parsed.units.tolist() == [ranges.PERCENT, ranges.CELSIUS, ranges.PERCENT]
+    assert parsed.micros.tolist() == [10, 20, 40]
+    assert parsed.values.tolist() == [50.0, 21.5, 51.0]
+    assert where == [3, 4, 6]
+    assert [(r.index, r.reason) for r in refused] == [(5, ingest.MALFORMED)]
+
+
+def test_columns_concat_reindexes_the_sensors() -> None:
+    a = ingest.Columns.build(["A", "B", "A"], [1, 2, 3], [1.0, 2.0, 3.0], [1, 1, 1])
+    b = ingest.Columns.build(["B", "C"], [4, 5], [4.0, 5.0], [2, 2])
+    c = ingest.Columns.concat([a, b])
+    assert c.sensor_ids == ["A", "B", "C"]
+    assert [c.sensor_ids[i] for i in c.sensor_index.tolist()] == ["A", "B", "A", "B", "C"]
+    assert c.micros.tolist() == [1, 2, 3, 4, 5]
+    assert c.units.tolist() == [1, 1, 1, 2, 2]
 
 
 def test_sensor_filter() -> None:

@@ -45,4 +45,40 @@ def test_batch_size_limits() -> None:
             assert fields(ingest_violations(req)) == fields(violations_of(req))
     assert fields(
         ingest_violations(pb.IngestReadingsRequest(sequence=1, readings=[pb.Reading()] * 5001))
-    ) == {"readings"}
+    ) == {"readings", "(request)"}
+
+
+ulids = st.sampled_from(["01JS" + "0" * 22, "01JT" + "1" * 22, "nope", "", "01js" + "0" * 22])
+units = st.sampled_from([0, 1, 2, 5, 11])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(ulids, max_size=4),
+    st.lists(units, max_size=4),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.integers(0, 3),
+)
+def test_column_messages(
+    ids: list[str], us: list[int], rows: int, times: int, values: int, readings: int
+) -> None:
+    req = pb.IngestReadingsRequest(sequence=1, readings=[pb.Reading()] * readings)
+    req.columns.sensor_ids.extend(ids)
+    req.columns.units.extend(us)  # type: ignore[arg-type]
+    req.columns.sensor_indexes.extend([0] * rows)
+    req.columns.observe_unix_micros.extend([0] * times)
+    req.columns.values.extend([0.0] * values)
+    assert fields(ingest_violations(req)) == fields(violations_of(req))
+
+
+def test_column_size_limits() -> None:
+    for readings, rows in ((0, 5000), (1, 5000), (0, 5001), (2500, 2500), (2500, 2501)):
+        req = pb.IngestReadingsRequest(sequence=1, readings=[pb.Reading()] * readings)
+        for column in (req.columns.sensor_indexes, req.columns.observe_unix_micros):
+            column.extend([0] * rows)
+        req.columns.values.extend([0.0] * rows)
+        found = fields(ingest_violations(req))
+        assert found == fields(violations_of(req))
+        assert ("(request)" in found) == (readings + rows > 5000)

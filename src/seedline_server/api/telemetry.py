@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import duration_pb2, empty_pb2
 from seedline.telemetry.v1 import telemetry_pb2 as pb
 from seedline.telemetry.v1 import telemetry_pb2_grpc
@@ -41,7 +42,6 @@ from seedline_server.telemetry.ingest import Ack, Columns, IngestPipeline, Rejec
 from seedline_server.telemetry.watch import Interest, ReadingFeed
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SENSOR_NAME = re.compile(r"^licenses/([0-9A-HJKMNP-TV-Z]{26})/sensors/([0-9A-HJKMNP-TV-Z]{26})$")
 _ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _PARENT = re.compile(r"^licenses/[^/]+$")
@@ -49,6 +49,7 @@ _GATEWAY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,63})?$")
 MAX_READINGS = 5000
 _METRICS = {v.name: v.number for v in pb.Metric.DESCRIPTOR.values if v.number}
 _STATUSES = {v.name: v.number for v in pb.SensorStatus.DESCRIPTOR.values if v.number}
+_UNITS = frozenset(v.number for v in pb.MeasurementUnit.DESCRIPTOR.values if v.number)
 
 
 def ingest_violations(request: Any) -> list[FieldViolation]:
@@ -71,8 +72,58 @@ def ingest_violations(request: Any) -> list[FieldViolation]:
             out.append(FieldViolation("readings", "value must contain at least 1 item(s)"))
         if len(request.request_id) > 64:
             out.append(FieldViolation("request_id", "value length must be at most 64 characters"))
-    elif request.sequence <= 0:
-        out.append(FieldViolation("sequence", "value must be greater than 0 [uint64.gt]"))
+    else:
+        if request.sequence <= 0:
+            out.append(FieldViolation("sequence", "value must be greater than 0 [uint64.gt]"))
+        rows = 0
+        if request.HasField("columns"):
+            out.extend(_column_violations(request.columns))
+            rows = len(request.columns.sensor_indexes)
+        if n + rows > MAX_READINGS:
+            out.append(
+                FieldViolation(
+                    "(request)", f"readings and columns together hold at most {MAX_READINGS} readings"
+                )
+            )
+    return out
+
+
+def _column_violations(columns: pb.ReadingColumns) -> list[FieldViolation]:
+    """The contract's rules of ReadingColumns (see :func:`ingest_violations`)."""
+    out = []
+    ids, units = columns.sensor_ids, columns.units
+    rows = len(columns.sensor_indexes)
+    if len(units) != len(ids) or len(columns.observe_unix_micros) != rows or len(columns.values) != rows:
+        out.append(
+            FieldViolation(
+                "columns",
+                "sensor_ids and units have the same length, and so have sensor_indexes, "
+                "observe_unix_micros and values",
+            )
+        )
+    for name, size in (
+        ("sensor_ids", len(ids)),
+        ("units", len(units)),
+        ("sensor_indexes", rows),
+        ("observe_unix_micros", len(columns.observe_unix_micros)),
+        ("values", len(columns.values)),
+    ):
+        if size > MAX_READINGS:
+            out.append(
+                FieldViolation(f"columns.{name}", f"value must contain no more than {MAX_READINGS} item(s)")
+            )
+    for i, sensor_id in enumerate(ids):
+        if _ULID.match(sensor_id) is None:
+            out.append(
+                FieldViolation(
+                    f"columns.sensor_ids[{i}]", "value does not match regex pattern [string.pattern]"
+                )
+            )
+    for i, unit in enumerate(units):
+        if unit not in _UNITS:
+            out.append(
+                FieldViolation(f"columns.units[{i}]", "value must be a defined unit other than 0 [enum]")
+            )
     return out
 
 
@@ -104,8 +155,10 @@ def parse_readings(license_id: str, readings: Any) -> tuple[Columns, list[int], 
     Refused here: malformed readings and sensor names of another license; the pipeline
     validates the rest.
     """
-    c = Columns()
-    ids, times, seconds, values, units = c.sensor_ids, c.times, c.seconds, c.values, c.units
+    ids: list[str] = []
+    micros: list[int] = []
+    values: list[float] = []
+    units: list[int] = []
     where: list[int] = []
     refused: list[Rejected] = []
     good_ids: set[str] = set()  # short ids already seen to be ULIDs (a batch repeats few sensors)
@@ -139,17 +192,37 @@ def parse_readings(license_id: str, readings: Any) -> tuple[Columns, list[int], 
             missing = "unit" if unit == 0 else "observe_time"
             refused.append(Rejected(i, label, ingest.MALFORMED, f"the reading has no {missing}"))
             continue
-        if nanos:
-            times.append(_EPOCH + timedelta(seconds=whole, microseconds=nanos // 1000))
-            seconds.append(whole + (nanos // 1000) / 1e6)
-        else:
-            times.append(datetime.fromtimestamp(whole, UTC))
-            seconds.append(float(whole))
         ids.append(sensor_id)
+        micros.append(whole * 1_000_000 + nanos // 1000)
         values.append(r.value)
         units.append(unit)
         where.append(i)
-    return c, where, refused
+    return Columns.build(ids, micros, values, units), where, refused
+
+
+def parse_columns(columns: pb.ReadingColumns, offset: int) -> tuple[Columns, list[int], list[Rejected]]:
+    """The readings of a batch's ``columns`` (batch indexes from ``offset``), like :func:`parse_readings`.
+
+    The message was validated (equal lengths, ULIDs, units); a ``sensor_indexes`` entry past
+    ``sensor_ids`` is refused as malformed.
+    """
+    sensor_ids = list(columns.sensor_ids)
+    index = np.array(columns.sensor_indexes, dtype=np.int64)
+    micros = np.array(columns.observe_unix_micros, dtype=np.int64)
+    values = np.array(columns.values, dtype=np.float64)
+    units = np.array(columns.units, dtype=np.int64)
+    where = np.arange(offset, offset + len(index), dtype=np.int64)
+    refused: list[Rejected] = []
+    bad = index >= len(sensor_ids)
+    if bad.any():
+        refused = [
+            Rejected(offset + i, "", ingest.MALFORMED, f"sensor_indexes[{i}] is past the end of sensor_ids")
+            for i in np.flatnonzero(bad).tolist()
+        ]
+        good = ~bad
+        index, micros, values, where = index[good], micros[good], values[good], where[good]
+    parsed = Columns(sensor_ids, index, micros, values, units[index] if len(units) else index)
+    return parsed, where.tolist(), refused
 
 
 def rejections(ack: Ack, readings: Any) -> list[pb.RejectedReading]:
@@ -273,9 +346,20 @@ class TelemetryCore(telemetry_pb2_grpc.TelemetryServiceServicer):
     # --- ingest --------------------------------------------------------------------------------
 
     async def _batch(
-        self, license_id: str, gateway_id: str, sequence: int | None, readings: Any
+        self,
+        license_id: str,
+        gateway_id: str,
+        sequence: int | None,
+        readings: Any,
+        columns: pb.ReadingColumns | None = None,
     ) -> tuple[Ack, list[pb.RejectedReading]]:
-        parsed, where, refused = parse_readings(license_id, readings)
+        parsed, where, refused = parse_readings(license_id, readings) if readings else (None, [], [])
+        if columns is not None and columns.sensor_indexes:
+            more, at, bad = parse_columns(columns, len(readings))
+            parsed = more if parsed is None else Columns.concat([parsed, more])
+            where, refused = where + at, refused + bad
+        if parsed is None:
+            parsed = Columns.build([], [], [], [])
         ack = await self._pipeline.submit_columns(
             license_id=license_id,
             gateway_id=gateway_id,
@@ -296,7 +380,13 @@ class TelemetryCore(telemetry_pb2_grpc.TelemetryServiceServicer):
             license_id: str, gateway_id: str, req: pb.IngestReadingsRequest
         ) -> pb.IngestReadingsResponse:
             try:
-                ack, rejected = await self._batch(license_id, gateway_id, req.sequence, req.readings)
+                ack, rejected = await self._batch(
+                    license_id,
+                    gateway_id,
+                    req.sequence,
+                    req.readings,
+                    req.columns if req.HasField("columns") else None,
+                )
             finally:
                 window.release()
             return pb.IngestReadingsResponse(

@@ -18,15 +18,16 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
+import numpy as np
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server.domain.errors import DependencyUnavailable
-from seedline_server.telemetry import partitions, ranges, writer
+from seedline_server.telemetry import partitions, ranges, rollup, writer
 
 log = structlog.get_logger("seedline.telemetry.ingest")
 
@@ -36,6 +37,8 @@ DUPLICATE, TOO_OLD, IN_FUTURE, MALFORMED = 6, 7, 8, 9
 MAX_AGE = timedelta(days=30)
 MAX_AHEAD = timedelta(minutes=5)
 _RETRYABLE = frozenset({"40001", "40P01"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -85,31 +88,63 @@ class CommittedReading:
 class Columns:
     """A batch of readings column by column: what :meth:`IngestPipeline.submit_columns` takes.
 
-    The same content as a ``Sequence[ReadingIn]`` without an object per reading (the gRPC
-    servicer builds it straight from the protobuf batch). ``seconds`` are the observe times as
-    epoch seconds.
+    ``sensor_ids`` lists the batch's sensors once each; the other columns have one entry per
+    reading: ``sensor_index`` (into ``sensor_ids``), ``micros`` (observe time, epoch
+    microseconds, UTC), ``values`` and ``units``. Validation, encoding and roll-ups work on whole
+    columns, not reading by reading.
     """
 
-    sensor_ids: list[str] = field(default_factory=list)
-    times: list[datetime] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
-    units: list[int] = field(default_factory=list)
+    sensor_ids: list[str]
+    sensor_index: rollup.Ints
+    micros: rollup.Ints
+    values: rollup.Floats
+    units: rollup.Ints
+
+    @classmethod
+    def build(
+        cls, ids: Sequence[str], micros: Sequence[int], values: Sequence[float], units: Sequence[int]
+    ) -> Columns:
+        """Columns from per-reading lists (``ids`` repeats sensor ids; they are indexed here)."""
+        index: dict[str, int] = {}
+        positions = [index.setdefault(sid, len(index)) for sid in ids]
+        return cls(
+            list(index),
+            np.array(positions, dtype=np.int64),
+            np.array(micros, dtype=np.int64),
+            np.array(values, dtype=np.float64),
+            np.array(units, dtype=np.int64),
+        )
 
     @classmethod
     def of(cls, readings: Sequence[ReadingIn]) -> Columns:
-        """The columns of ``readings``."""
-        times = [r.observe_time for r in readings]
-        return cls(
+        """The columns of ``readings`` (their observe times must carry a time zone)."""
+        return cls.build(
             [r.sensor_id for r in readings],
-            times,
-            [t.timestamp() for t in times],
+            [(r.observe_time - _EPOCH) // _MICROSECOND for r in readings],
             [r.value for r in readings],
             [r.unit for r in readings],
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[Columns]) -> Columns:
+        """One batch of the readings of ``parts``, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        ids: dict[str, int] = {}
+        indexes = []
+        for part in parts:
+            remap = np.array([ids.setdefault(sid, len(ids)) for sid in part.sensor_ids], dtype=np.int64)
+            indexes.append(remap[part.sensor_index] if len(remap) else part.sensor_index)
+        return cls(
+            list(ids),
+            np.concatenate(indexes) if indexes else np.zeros(0, dtype=np.int64),
+            np.concatenate([p.micros for p in parts]) if parts else np.zeros(0, dtype=np.int64),
+            np.concatenate([p.values for p in parts]) if parts else np.zeros(0, dtype=np.float64),
+            np.concatenate([p.units for p in parts]) if parts else np.zeros(0, dtype=np.int64),
+        )
+
     def __len__(self) -> int:
-        return len(self.sensor_ids)
+        return len(self.sensor_index)
 
 
 @dataclass(frozen=True)
@@ -122,6 +157,10 @@ class SensorInfo:
     section_id: str
     metric: int
     unit: int
+
+
+# Stands in for an unknown sensor in a job's sensor list (none of its readings is stored).
+_NO_SENSOR = SensorInfo("", -1, "", "", 0, 0)
 
 
 class SensorCache:
@@ -181,21 +220,24 @@ class _Committed(Sequence[CommittedReading]):
     """
 
     def __init__(self) -> None:
-        self._parts: list[tuple[list[SensorInfo], list[tuple[int, datetime, float]]]] = []
+        self._parts: list[tuple[list[SensorInfo], rollup.Ints, writer.Batch]] = []
         self._count = 0
         self._items: list[CommittedReading] | None = None
 
-    def add(self, infos: list[SensorInfo], rows: list[tuple[int, datetime, float]]) -> None:
-        self._parts.append((infos, rows))
-        self._count += len(rows)
+    def add(self, infos: list[SensorInfo], sensor_index: rollup.Ints, batch: writer.Batch) -> None:
+        self._parts.append((infos, sensor_index, batch))
+        self._count += len(batch)
 
     def _all(self) -> list[CommittedReading]:
         if self._items is None:
-            self._items = [
-                CommittedReading(s.id, s.license_id, s.section_id, s.metric, s.unit, r[1], r[2])
-                for infos, rows in self._parts
-                for s, r in zip(infos, rows, strict=True)
-            ]
+            self._items = []
+            for infos, index, b in self._parts:
+                for i, us, value in zip(index.tolist(), b.micros.tolist(), b.values.tolist(), strict=True):
+                    s = infos[i]
+                    t = _EPOCH + timedelta(microseconds=us)
+                    self._items.append(
+                        CommittedReading(s.id, s.license_id, s.section_id, s.metric, s.unit, t, value)
+                    )
         return self._items
 
     def __len__(self) -> int:
@@ -215,32 +257,70 @@ class _Committed(Sequence[CommittedReading]):
 @dataclass
 class _Job:
     batch: writer.Batch
-    sensors: list[SensorInfo]
+    sensors: list[SensorInfo]  # the batch's sensors; ``sensor_index`` points into it
+    sensor_index: rollup.Ints  # per stored reading
     future: asyncio.Future[Ack]
 
 
 def _check(
-    r: ReadingIn, info: SensorInfo | None, license_id: str | None, now: datetime, max_age: timedelta
+    sensor_id: str,
+    micros: int,
+    value: float,
+    unit: int,
+    info: SensorInfo | None,
+    license_id: str | None,
+    now: datetime,
+    max_age: timedelta,
 ) -> tuple[int, str] | None:
     """Why a reading is refused (reason, message), or None."""
     if info is None:
-        return UNKNOWN_SENSOR, f"no sensor {r.sensor_id}"
+        return UNKNOWN_SENSOR, f"no sensor {sensor_id}"
     if license_id is not None and info.license_id != license_id:
-        return UNKNOWN_SENSOR, f"no sensor {r.sensor_id} in licenses/{license_id}"
-    if r.observe_time.tzinfo is None:
-        return MALFORMED, "observe_time has no time zone"
-    if not ranges.fits(info.metric, r.unit):
-        return WRONG_UNIT, f"{ranges.unit_name(r.unit)} is not a unit of the sensor's metric"
-    if not math.isfinite(r.value):
-        return NON_FINITE, f"value {r.value} is not finite"
-    problem = ranges.check(info.metric, r.unit, r.value)
+        return UNKNOWN_SENSOR, f"no sensor {sensor_id} in licenses/{license_id}"
+    if not ranges.fits(info.metric, unit):
+        return WRONG_UNIT, f"{ranges.unit_name(unit)} is not a unit of the sensor's metric"
+    if not math.isfinite(value):
+        return NON_FINITE, f"value {value} is not finite"
+    problem = ranges.check(info.metric, unit, value)
     if problem is not None:
         return problem.reason, problem.message
-    if r.observe_time < now - max_age:
-        return TOO_OLD, f"observe_time {r.observe_time.isoformat()} is more than {max_age.days} days old"
-    if r.observe_time > now + MAX_AHEAD:
-        return IN_FUTURE, f"observe_time {r.observe_time.isoformat()} is ahead of the server's clock"
+    if micros < (now - max_age - _EPOCH) // _MICROSECOND:
+        return TOO_OLD, f"observe_time {_iso(micros)} is more than {max_age.days} days old"
+    if micros > (now + MAX_AHEAD - _EPOCH) // _MICROSECOND:
+        return IN_FUTURE, f"observe_time {_iso(micros)} is ahead of the server's clock"
     return None
+
+
+def _iso(micros: int) -> str:
+    try:
+        return (_EPOCH + timedelta(microseconds=micros)).isoformat()
+    except OverflowError:
+        return f"{micros} µs after 1970-01-01T00:00:00Z"
+
+
+def _sensor_columns(
+    infos: list[SensorInfo | None], license_id: str | None
+) -> tuple[rollup.Ints, rollup.Ints, rollup.Floats, rollup.Floats]:
+    """Per sensor of a batch: key, unit and the plausible range in that unit (empty if unusable)."""
+    keys, units, lows, highs = [], [], [], []
+    for info in infos:
+        if info is None or (license_id is not None and info.license_id != license_id):
+            keys.append(-1)
+            units.append(-1)
+            lows.append(math.inf)
+            highs.append(-math.inf)
+        else:
+            low, high = ranges.BOUNDS[(info.metric, info.unit)]
+            keys.append(info.key)
+            units.append(info.unit)
+            lows.append(low)
+            highs.append(high)
+    return (
+        np.array(keys, dtype=np.int64),
+        np.array(units, dtype=np.int64),
+        np.array(lows, dtype=np.float64),
+        np.array(highs, dtype=np.float64),
+    )
 
 
 class IngestPipeline:
@@ -338,12 +418,25 @@ class IngestPipeline:
             ValueError: a sequence without a license.
 
         """
+        where = list(positions) if positions is not None else list(range(len(readings)))
+        naive = [i for i, r in enumerate(readings) if r.observe_time.tzinfo is None]
+        if naive:
+            skip = set(naive)
+            refused = [
+                *refused,
+                *(
+                    Rejected(where[i], readings[i].sensor_id, MALFORMED, "observe_time has no time zone")
+                    for i in naive
+                ),
+            ]
+            readings = [r for i, r in enumerate(readings) if i not in skip]
+            where = [p for i, p in enumerate(where) if i not in skip]
         return await self.submit_columns(
             license_id=license_id,
             gateway_id=gateway_id,
             sequence=sequence,
             columns=Columns.of(readings),
-            positions=positions,
+            positions=where,
             refused=refused,
         )
 
@@ -388,7 +481,7 @@ class IngestPipeline:
     ) -> _Job:
         async with lock:  # a gateway's batches are queued in the order they were submitted
             job = await self._prepare(license_id, gateway_id, sequence, columns, positions, refused)
-            n = len(job.batch.rows)
+            n = len(job.batch)
             async with self._space:
                 await self._space.wait_for(
                     lambda: self._pending == 0 or self._pending + n <= self._max_pending
@@ -412,51 +505,69 @@ class IngestPipeline:
         if self._closed:
             raise DependencyUnavailable("the server is shutting down; resend the batch to another")
         known = await self.sensors.resolve(set(c.sensor_ids))
+        infos = [known.get(sid) for sid in c.sensor_ids]
         now = datetime.now(UTC)
-        rows: list[tuple[int, datetime, float]] = []
-        seconds: list[float] = []
-        infos: list[SensorInfo] = []
+        oldest = (now - self._max_age - _EPOCH) // _MICROSECOND
+        newest = (now + MAX_AHEAD - _EPOCH) // _MICROSECOND
+        s_key, s_unit, s_low, s_high = _sensor_columns(infos, license_id)
+        si, micros, values = c.sensor_index, c.micros, c.values
+        # Fast path, whole columns at once: a known sensor of the license, in its own unit,
+        # plausible (NaN fails every comparison), on time. The rest is looked at one by one.
+        keep = (
+            (c.units == s_unit[si])
+            & (micros >= oldest)
+            & (micros <= newest)
+            & (values >= s_low[si])
+            & (values <= s_high[si])
+        )
         rejected: list[Rejected] = list(refused)
-        oldest, newest = (now - self._max_age).timestamp(), (now + MAX_AHEAD).timestamp()
-        bounds = ranges.BOUNDS
-        seen: set[tuple[str, float]] = set()
-        columns = zip(c.sensor_ids, c.times, c.seconds, c.values, c.units, strict=True)
-        for i, (sid, t, ts, value, unit) in enumerate(columns):
-            info = known.get(sid)
-            # Fast path: a known sensor of the license, in its own unit, plausible, on time, new.
-            if (
-                info is not None
-                and unit == info.unit
-                and (license_id is None or info.license_id == license_id)
-                and oldest <= ts <= newest
-            ):
-                low, high = bounds[(info.metric, unit)]
-                if low <= value <= high and (sid, ts) not in seen:
-                    seen.add((sid, ts))
-                    rows.append((info.key, t, value))
-                    seconds.append(ts)
-                    infos.append(info)
+
+        def position(i: int) -> int:
+            return int(positions[i]) if positions is not None else i
+
+        slow = np.flatnonzero(~keep)
+        if len(slow):
+            values = values.copy()
+            for i in slow.tolist():
+                j = int(si[i])
+                sid, info, unit, value = c.sensor_ids[j], infos[j], int(c.units[i]), float(values[i])
+                problem = _check(sid, int(micros[i]), value, unit, info, license_id, now, self._max_age)
+                if problem is not None or info is None:
+                    reason, message = problem or (UNKNOWN_SENSOR, "")
+                    rejected.append(Rejected(position(i), sid, reason, message))
                     continue
-            problem = _check(ReadingIn(sid, t, value, unit), info, license_id, now, self._max_age)
-            if problem is None and (sid, ts) in seen:
-                problem = (DUPLICATE, "the same sensor and observe_time appear earlier in the batch")
-            if problem is not None or info is None:
-                reason, message = problem or (UNKNOWN_SENSOR, "")
-                rejected.append(Rejected(positions[i] if positions else i, sid, reason, message))
-                continue
-            seen.add((sid, ts))
-            rows.append((info.key, t, ranges.convert(value, unit, info.unit)))
-            seconds.append(ts)
-            infos.append(info)
+                values[i] = ranges.convert(value, unit, info.unit)
+                keep[i] = True
+        # The same sensor and observe time twice in a batch: the first one counts.
+        index = np.flatnonzero(keep)
+        keys, times = s_key[si[index]], micros[index]
+        order = np.lexsort((index, times, keys))
+        same = (keys[order][1:] == keys[order][:-1]) & (times[order][1:] == times[order][:-1])
+        if same.any():
+            for i in index[order[1:][same]].tolist():
+                keep[i] = False
+                rejected.append(
+                    Rejected(
+                        position(i),
+                        c.sensor_ids[int(si[i])],
+                        DUPLICATE,
+                        "the same sensor and observe_time appear earlier in the batch",
+                    )
+                )
+            index = np.flatnonzero(keep)
+        if len(rejected) > len(refused) or refused:
+            rejected.sort(key=lambda r: r.index)
         batch = writer.Batch(
             license_id=license_id or "",
             gateway_id=gateway_id,
             sequence=sequence,
-            rows=rows,
-            seconds=seconds,
-            rejected=tuple(sorted(rejected, key=lambda x: x.index)) if refused else tuple(rejected),
+            keys=s_key[si[index]],
+            micros=micros[index],
+            values=values[index],
+            rejected=tuple(rejected),
         )
-        return _Job(batch, infos, asyncio.get_running_loop().create_future())
+        known_infos = [i if i is not None else _NO_SENSOR for i in infos]
+        return _Job(batch, known_infos, si[index], asyncio.get_running_loop().create_future())
 
     async def _write_loop(self, queue: asyncio.Queue[_Job | None]) -> None:
         stopping = False
@@ -464,14 +575,14 @@ class IngestPipeline:
             first = await queue.get()
             if first is None:
                 break
-            group, rows = [first], len(first.batch.rows)
+            group, rows = [first], len(first.batch)
             while rows < self._group_rows and not queue.empty():
                 nxt = queue.get_nowait()
                 if nxt is None:
                     stopping = True
                     break
                 group.append(nxt)
-                rows += len(nxt.batch.rows)
+                rows += len(nxt.batch)
             await self._commit(group)
 
     async def _commit(self, group: list[_Job]) -> None:
@@ -495,7 +606,7 @@ class IngestPipeline:
                 error = exc
                 if getattr(exc, "sqlstate", None) not in _RETRYABLE or attempt == 2:
                     break
-        n = sum(len(b.rows) for b in batches)
+        n = sum(len(b) for b in batches)
         async with self._space:
             self._pending -= n
             self._space.notify_all()
@@ -522,9 +633,9 @@ class IngestPipeline:
                     True,
                 )
             else:
-                ack = Ack(b.sequence, len(b.rows), b.rejected, False)
-                if self._listeners and b.rows:
-                    committed.add(j.sensors, b.rows)
+                ack = Ack(b.sequence, len(b), b.rejected, False)
+                if self._listeners and len(b):
+                    committed.add(j.sensors, j.sensor_index, b)
             if not j.future.done():
                 j.future.set_result(ack)
         if committed:

@@ -1,79 +1,112 @@
-"""Pure roll-up arithmetic: fold readings into per-sensor minute and hour buckets.
+"""Pure roll-up arithmetic: fold readings into per-sensor minute and hour buckets, column-wise.
 
-A bucket is ``[min, max, sum, count]``; merging two buckets of the same key is what the database
-upsert does (``LEAST``, ``GREATEST``, ``+``, ``+``), so folding a stream batch by batch gives the
-same result as folding it at once.
+A bucket is ``(min, max, sum, count)`` per ``(sensor key, bucket start)``. Merging two buckets of
+the same key is what the database upsert does (``LEAST``, ``GREATEST``, ``+``, ``+``), so folding
+a stream batch by batch and upserting gives the same result as folding it at once.
+
+The readings arrive as numpy columns (the ingest pipeline's layout), so a fold is a sort and a
+few ``reduceat`` calls instead of a Python loop per reading.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 MINUTE = 60
 HOUR = 3600
+_MICROS = 1_000_000
 
-Bucket = list[float]  # [min, max, sum, count]
-Key = tuple[int, int]  # (sensor key, bucket start in epoch seconds)
-
-
-def fold(rows: Iterable[tuple[int, float, float]], width: int) -> dict[Key, Bucket]:
-    """Aggregate ``(sensor_key, epoch_seconds, value)`` rows into buckets ``width`` seconds wide."""
-    listed = list(rows)
-    return fold_rows([([(k, None, v) for k, _, v in listed], [s for _, s, _ in listed])], width)
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 
 
-def fold_rows(
-    parts: Iterable[tuple[Sequence[tuple[int, Any, float]], Sequence[float]]], width: int
-) -> dict[Key, Bucket]:
-    """:func:`fold` over the writer's layout, without copying it.
+@dataclass(frozen=True)
+class Buckets:
+    """Buckets column by column, sorted by (sensor key, start): a stable lock order for upserts."""
 
-    Each part is ``(rows, seconds)``: rows ``(sensor_key, _, value)`` and their observe times as
-    epoch seconds alongside.
+    keys: Ints
+    starts: Ints  # bucket start, epoch seconds
+    mins: Floats
+    maxs: Floats
+    sums: Floats
+    counts: Ints
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def columns(self) -> tuple[list[int], list[int], list[float], list[float], list[float], list[int]]:
+        """Plain lists for an ``unnest`` upsert (asyncpg encodes Python numbers)."""
+        return (
+            self.keys.tolist(),
+            self.starts.tolist(),
+            self.mins.tolist(),
+            self.maxs.tolist(),
+            self.sums.tolist(),
+            self.counts.tolist(),
+        )
+
+
+def _group_starts(keys: Ints, buckets: Ints) -> Ints:
+    """Offsets where a run of equal (key, bucket) begins in sorted columns."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = (keys[1:] != keys[:-1]) | (buckets[1:] != buckets[:-1])
+    return np.concatenate(([0], np.flatnonzero(change) + 1)).astype(np.int64)
+
+
+def fold(keys: Ints, micros: Ints, values: Floats, width: int) -> Buckets:
+    """Aggregate readings (sensor key, observe time in epoch microseconds, value) into buckets.
+
+    Args:
+        keys: the sensors' keys, one per reading.
+        micros: observe times, epoch microseconds.
+        values: the values.
+        width: bucket width in seconds (:data:`MINUTE`, :data:`HOUR`).
+
     """
-    out: dict[Key, Bucket] = {}
-    for rows, seconds in parts:
-        for (key, _, value), s in zip(rows, seconds, strict=True):
-            k = (key, int(s // width) * width)
-            b = out.get(k)
-            if b is None:
-                out[k] = [value, value, value, 1.0]
-            else:
-                if value < b[0]:
-                    b[0] = value
-                if value > b[1]:
-                    b[1] = value
-                b[2] += value
-                b[3] += 1.0
-    return out
+    bucket = np.floor_divide(micros, width * _MICROS)
+    order = np.lexsort((bucket, keys))
+    k, b, v = keys[order], bucket[order], values[order]
+    starts = _group_starts(k, b)
+    if len(starts) == 0:
+        empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        return Buckets(empty_i, empty_i, empty_f, empty_f, empty_f, empty_i)
+    counts = np.diff(np.append(starts, len(k)))
+    return Buckets(
+        keys=k[starts],
+        starts=b[starts] * width,
+        mins=np.minimum.reduceat(v, starts),
+        maxs=np.maximum.reduceat(v, starts),
+        sums=np.add.reduceat(v, starts),
+        counts=counts.astype(np.int64),
+    )
 
 
-def coarsen(buckets: dict[Key, Bucket], width: int) -> dict[Key, Bucket]:
+def coarsen(buckets: Buckets, width: int) -> Buckets:
     """Buckets ``width`` seconds wide from finer ones (``width`` a multiple of theirs)."""
-    out: dict[Key, Bucket] = {}
-    for (key, start), b in buckets.items():
-        k = (key, start // width * width)
-        have = out.get(k)
-        out[k] = list(b) if have is None else merge(have, b)
-    return out
+    if len(buckets) == 0:
+        return buckets
+    coarse = np.floor_divide(buckets.starts, width)
+    # Sorted by (key, start) already, so equal (key, coarse start) runs are contiguous.
+    starts = _group_starts(buckets.keys, coarse)
+    return Buckets(
+        keys=buckets.keys[starts],
+        starts=coarse[starts] * width,
+        mins=np.minimum.reduceat(buckets.mins, starts),
+        maxs=np.maximum.reduceat(buckets.maxs, starts),
+        sums=np.add.reduceat(buckets.sums, starts),
+        counts=np.add.reduceat(buckets.counts, starts),
+    )
 
 
-def merge(a: Bucket, b: Bucket) -> Bucket:
-    """The bucket of the readings of both (what ``ON CONFLICT DO UPDATE`` computes)."""
-    return [min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2], a[3] + b[3]]
-
-
-def columns(
-    buckets: dict[Key, Bucket],
-) -> tuple[list[int], list[datetime], list[float], list[float], list[float], list[int]]:
-    """Column arrays for an ``unnest`` upsert, sorted by key (a stable lock order)."""
-    keys, starts, mins, maxs, sums, counts = [], [], [], [], [], []
-    for (sensor_key, start), (lo, hi, total, count) in sorted(buckets.items()):
-        keys.append(sensor_key)
-        starts.append(datetime.fromtimestamp(start, UTC))
-        mins.append(lo)
-        maxs.append(hi)
-        sums.append(total)
-        counts.append(int(count))
-    return keys, starts, mins, maxs, sums, counts
+def newest(keys: Ints, micros: Ints) -> tuple[list[int], list[int]]:
+    """Each sensor key once (ascending) with its latest observe time (epoch microseconds)."""
+    if len(keys) == 0:
+        return [], []
+    order = np.lexsort((micros, keys))
+    k, t = keys[order], micros[order]
+    last = np.append(np.flatnonzero(k[1:] != k[:-1]), len(k) - 1)
+    return k[last].tolist(), t[last].tolist()

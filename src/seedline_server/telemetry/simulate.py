@@ -217,6 +217,7 @@ class _Run:
     give_up_after: float
     summary: Summary
     on_progress: Callable[[int], None] | None
+    columnar: bool = True
 
 
 def _identity(data: bytes) -> bytes:
@@ -291,33 +292,19 @@ class _Gateway:
 
     def _make_batch(self) -> _Pending:
         n = self.run.batch if self.quota is None else min(self.run.batch, self.quota - self.generated)
-        run, rng, sensors = self.run, self.rng, self.sensors
+        run = self.run
         request = pb.IngestReadingsRequest(
             parent=run.license, gateway_id=self.gateway_id, sequence=self.next_sequence
         )
-        add = request.readings.add
-        invalid = run.invalid_fraction
-        for _ in range(n):
-            if self.position == 0:
-                self._start_tick()
-            seconds, nanos, lights = self.tick_time
-            sensor = sensors[self.position]
-            value, unit = sensor.next(lights), sensor.unit
-            if invalid and rng.random() < invalid:
-                kind = rng.randrange(3)
-                if kind == 0:
-                    value = sensor.high + (sensor.high - sensor.low) + 1.0  # OUT_OF_RANGE
-                elif kind == 1:
-                    unit = sensor.wrong_unit  # WRONG_UNIT
-                else:
-                    value = math.nan  # NON_FINITE
-            reading = add(sensor_id=sensor.id, value=value, unit=unit)
-            reading.observe_time.seconds = seconds
-            reading.observe_time.nanos = nanos
-            self.position += 1
-            if self.position == len(sensors):
-                self.position = 0
-                self.tick += 1
+        if run.columnar:
+            self._fill_columns(request.columns, n)
+        else:
+            add = request.readings.add
+            for _ in range(n):
+                sensor, value, unit, (seconds, nanos, _lights) = self._next_reading(True)
+                reading = add(sensor_id=sensor.id, value=value, unit=unit)
+                reading.observe_time.seconds = seconds
+                reading.observe_time.nanos = nanos
         # Every message repeats parent and gateway_id (allowed), so any batch can open a stream.
         pending = _Pending(request.SerializeToString(), n)
         self.next_sequence += 1
@@ -325,6 +312,43 @@ class _Gateway:
         run.summary.batches_sent += 1
         run.summary.readings_sent += n
         return pending
+
+    def _next_reading(self, wrong_units: bool) -> tuple[_SimSensor, float, int, tuple[int, int, bool]]:
+        """The next reading of the gateway's round over its sensors (some made invalid on purpose)."""
+        if self.position == 0:
+            self._start_tick()
+        tick = self.tick_time
+        sensor = self.sensors[self.position]
+        value, unit = sensor.next(tick[2]), sensor.unit
+        invalid = self.run.invalid_fraction
+        if invalid and self.rng.random() < invalid:
+            kind = self.rng.randrange(3 if wrong_units else 2)
+            if kind == 0:
+                value = sensor.high + (sensor.high - sensor.low) + 1.0  # OUT_OF_RANGE
+            elif kind == 1:
+                value = math.nan  # NON_FINITE
+            else:
+                unit = sensor.wrong_unit  # WRONG_UNIT
+        self.position += 1
+        if self.position == len(self.sensors):
+            self.position = 0
+            self.tick += 1
+        return sensor, value, unit, tick
+
+    def _fill_columns(self, columns: pb.ReadingColumns, n: int) -> None:
+        """``n`` readings in columnar form (units are per sensor there, so no wrong-unit ones)."""
+        index = {s.id: i for i, s in enumerate(self.sensors)}
+        columns.sensor_ids.extend(index)
+        columns.units.extend(s.unit for s in self.sensors)  # type: ignore[misc]
+        rows, times, values = [], [], []
+        for _ in range(n):
+            sensor, value, _unit, (seconds, nanos, _lights) = self._next_reading(False)
+            rows.append(index[sensor.id])
+            times.append(seconds * 1_000_000 + nanos // 1000)
+            values.append(value)
+        columns.sensor_indexes.extend(rows)
+        columns.observe_unix_micros.extend(times)
+        columns.values.extend(values)
 
     async def _pace(self) -> None:
         """Wait until the next batch is due at the gateway's share of the rate."""
@@ -581,6 +605,7 @@ async def simulate(
     stop: asyncio.Event | None = None,
     on_start: Callable[[Summary], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    columnar: bool = True,
 ) -> Summary:
     """Register sensors if asked, stream simulated readings from ``gateways`` gateways, summarize.
 
@@ -606,6 +631,8 @@ async def simulate(
         gateway_prefix: Gateway ids are ``{prefix}-{n}``; default a fresh random prefix, so each
             run starts its sequences at 1.
         seed: Seed of the value model (reproducible values).
+        columnar: Send readings in the compact columnar form (``IngestReadingsRequest.columns``);
+            False sends one ``Reading`` message per reading.
         ack_timeout: Seconds the oldest batch may wait for its acknowledgement before the stream
             is cancelled and reopened.
         give_up_after: Seconds without any acknowledgement after which a gateway stops retrying
@@ -665,6 +692,7 @@ async def simulate(
         deadline=start + duration if duration is not None else None,
         stop=stop or asyncio.Event(),
         invalid_fraction=invalid_fraction,
+        columnar=columnar,
         ack_timeout=ack_timeout,
         give_up_after=give_up_after,
         summary=summary,

@@ -1,19 +1,21 @@
 """One commit of the ingest pipeline: several batches, one transaction.
 
 In order, inside the transaction: lock the gateways' high-water marks (sorted, so writers never
-deadlock on them) and drop the batches at or below them as replays; COPY the readings (binary);
-upsert the 1-minute and 1-hour roll-ups aggregated in Python; advance the sensors'
-``last_observe_time``; advance the high-water marks and store each batch's acknowledgement.
-The readings and the marks commit together: a batch is either stored and marked, or neither.
+deadlock on them) and drop the batches at or below them as replays; COPY the readings (binary,
+encoded column-wise by numpy); upsert the 1-minute and 1-hour roll-ups (folded column-wise, see
+:mod:`~seedline_server.telemetry.rollup`); advance the sensors' ``last_observe_time``; advance
+the high-water marks and store each batch's acknowledgement. The readings and the marks commit
+together: a batch is either stored and marked, or neither.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
+import numpy as np
 from seedline.telemetry.v1 import telemetry_pb2 as pb
 
 from seedline_server.telemetry import rollup
@@ -45,36 +47,52 @@ WHERE (license_id, gateway_id, sequence) IN
 """
 _ROLLUP = """
 INSERT INTO {table} AS r (sensor_key, bucket_start, min, max, sum, count)
-SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[], $6::bigint[])
+SELECT k, to_timestamp(s), lo, hi, total, n
+FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::bigint[])
+  AS v(k, s, lo, hi, total, n)
 ON CONFLICT (sensor_key, bucket_start) DO UPDATE SET
   min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max),
   sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count
 """
 _LAST_OBSERVED = """
 UPDATE sensors AS s SET last_observe_time = v.t
-FROM unnest($1::bigint[], $2::timestamptz[]) AS v(k, t)
+FROM (SELECT k, timestamptz 'epoch' + us * interval '1 microsecond' AS t
+      FROM unnest($1::bigint[], $2::bigint[]) AS u(k, us)) AS v
 WHERE s.key = v.k AND (s.last_observe_time IS NULL OR s.last_observe_time < v.t)
 """
+# PostgreSQL's binary COPY: signature, flags, header extension length; then rows; then -1.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+# One row of ``readings``: 3 fields, each a length and a big-endian value. Timestamps are
+# microseconds since 2000-01-01 UTC.
+_COPY_ROW = np.dtype(
+    [("n", ">i2"), ("lk", ">i4"), ("k", ">i8"), ("lt", ">i4"), ("t", ">i8"), ("lv", ">i4"), ("v", ">f8")]
+)
+_PG_EPOCH_MICROS = 946_684_800 * 1_000_000
 
 
 @dataclass
 class Batch:
-    """A validated batch waiting for its commit.
+    """A validated batch waiting for its commit: its good readings column by column.
 
-    ``rows`` are ``(sensor_key, observe_time, value)`` in the sensor's unit; ``seconds`` the
-    observe times as epoch seconds (for the roll-ups).
+    ``keys`` are the sensors' keys, ``micros`` the observe times (epoch microseconds) and
+    ``values`` the values in the sensor's unit.
     """
 
     license_id: str
     gateway_id: str
     sequence: int | None
-    rows: list[tuple[int, datetime, float]]
-    seconds: list[float]
+    keys: rollup.Ints
+    micros: rollup.Ints
+    values: rollup.Floats
     rejected: tuple[Any, ...]
     # Set by :func:`commit`: whether the batch was a replay, and the original acknowledgement.
     replayed: bool = False
     original: tuple[int, bytes] | None = None
     extra: Any = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 def encode_rejections(rejected: Sequence[Any]) -> bytes:
@@ -129,7 +147,7 @@ async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
             [b.license_id for b in fresh],
             [b.gateway_id for b in fresh],
             [b.sequence for b in fresh],
-            [len(b.rows) for b in fresh],
+            [len(b) for b in fresh],
             [encode_rejections(b.rejected) for b in fresh],
         )
 
@@ -137,34 +155,45 @@ async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
 def days_of(batches: Sequence[Batch]) -> set[date]:
     """The UTC days the readings of ``batches`` fall on."""
     epoch = date(1970, 1, 1).toordinal()
+    day = 86_400 * 1_000_000
     days: set[date] = set()
     for b in batches:
-        if b.seconds:
-            first, last = int(min(b.seconds) // 86400), int(max(b.seconds) // 86400)
+        if len(b):
+            first, last = int(b.micros.min()) // day, int(b.micros.max()) // day
             days.update(date.fromordinal(epoch + d) for d in range(first, last + 1))
     return days
+
+
+def copy_data(keys: rollup.Ints, micros: rollup.Ints, values: rollup.Floats) -> bytes:
+    """The readings as a binary COPY stream for ``readings (sensor_key, observe_time, value)``."""
+    rows = np.empty(len(keys), dtype=_COPY_ROW)
+    rows["n"] = 3
+    rows["lk"] = rows["lt"] = rows["lv"] = 8
+    rows["k"] = keys
+    rows["t"] = micros - _PG_EPOCH_MICROS
+    rows["v"] = values
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
 async def commit(conn: Any, batches: Sequence[Batch]) -> None:
     """Write ``batches`` in one transaction on an asyncpg connection (see the module docstring)."""
     async with conn.transaction():
         await _mark_replays(conn, batches)
-        stored = [b for b in batches if not b.replayed and b.rows]
+        stored = [b for b in batches if not b.replayed and len(b)]
         if not stored:
             return
-        records = [r for b in stored for r in b.rows]
-        await conn.copy_records_to_table(
-            "readings", records=records, columns=["sensor_key", "observe_time", "value"]
+        keys = np.concatenate([b.keys for b in stored])
+        micros = np.concatenate([b.micros for b in stored])
+        values = np.concatenate([b.values for b in stored])
+        await conn.copy_to_table(
+            "readings",
+            # A memoryview: asyncpg would take plain bytes for a file path (os.fspath accepts bytes).
+            source=memoryview(copy_data(keys, micros, values)),
+            columns=["sensor_key", "observe_time", "value"],
+            format="binary",
         )
-        minutes = rollup.fold_rows([(b.rows, b.seconds) for b in stored], rollup.MINUTE)
-        await conn.execute(_ROLLUP.format(table="readings_1m"), *rollup.columns(minutes))
+        minutes = rollup.fold(keys, micros, values, rollup.MINUTE)
+        await conn.execute(_ROLLUP.format(table="readings_1m"), *minutes.columns())
         hours = rollup.coarsen(minutes, rollup.HOUR)
-        await conn.execute(_ROLLUP.format(table="readings_1h"), *rollup.columns(hours))
-        newest: dict[int, tuple[float, datetime]] = {}
-        for b in stored:
-            for r, s in zip(b.rows, b.seconds, strict=True):
-                seen = newest.get(r[0])
-                if seen is None or s > seen[0]:
-                    newest[r[0]] = (s, r[1])
-        keys = sorted(newest)
-        await conn.execute(_LAST_OBSERVED, keys, [newest[k][1] for k in keys])
+        await conn.execute(_ROLLUP.format(table="readings_1h"), *hours.columns())
+        await conn.execute(_LAST_OBSERVED, *rollup.newest(keys, micros))

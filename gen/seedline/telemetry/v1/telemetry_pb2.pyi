@@ -586,6 +586,7 @@ class IngestReadingsRequest(_message.Message):
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     READINGS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The license, `licenses/{license}`. Required on the first message of a stream; later
     messages leave it empty or repeat it unchanged.
@@ -607,6 +608,15 @@ class IngestReadingsRequest(_message.Message):
         message that only opens the stream). Each reading is checked on its own (see Reading).
         """
 
+    @_builtins.property
+    def columns(self) -> Global___ReadingColumns:
+        """More readings of the batch in columnar form: the compact encoding for high rates (a few
+        bytes per reading, and the server checks and stores them column by column instead of
+        reading by reading). Its readings follow `readings` in the batch: the reading at row `j`
+        of the columns has batch index `len(readings) + j`. `readings` and `columns` together hold
+        at most 5000 readings.
+        """
+
     def __init__(
         self,
         *,
@@ -614,14 +624,71 @@ class IngestReadingsRequest(_message.Message):
         gateway_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
         readings: _abc.Iterable[Global___Reading] | None = ...,
+        columns: Global___ReadingColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "parent", b"parent", "readings", b"readings", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "gateway_id", b"gateway_id", "parent", b"parent", "readings", b"readings", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestReadingsRequest: _TypeAlias = IngestReadingsRequest  # noqa: Y015
+
+@_typing.final
+class ReadingColumns(_message.Message):
+    """Readings column by column: row `j` is the reading of sensor `sensor_ids[sensor_indexes[j]]`
+    observed at `observe_unix_micros[j]` with value `values[j]` in `units[sensor_indexes[j]]`.
+    The three per-reading columns have the same length. Each reading is checked on its own, as a
+    `Reading` is.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENSOR_IDS_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    SENSOR_INDEXES_FIELD_NUMBER: _builtins.int
+    OBSERVE_UNIX_MICROS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sensor_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sensors of the batch, by short id (the `{sensor}` ULID of their name) in the stream's
+        license; each listed once.
+        """
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedScalarFieldContainer[Global___MeasurementUnit.ValueType]:
+        """The unit of each sensor's values, parallel to `sensor_ids` (a value in another unit of the
+        sensor's metric is converted on ingest).
+        """
+
+    @_builtins.property
+    def sensor_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per reading: the position of its sensor in `sensor_ids`."""
+
+    @_builtins.property
+    def observe_unix_micros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per reading: when the value was measured, in microseconds since 1970-01-01T00:00:00Z (UTC)."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per reading: the measured value. Must be finite."""
+
+    def __init__(
+        self,
+        *,
+        sensor_ids: _abc.Iterable[_builtins.str] | None = ...,
+        units: _abc.Iterable[Global___MeasurementUnit.ValueType] | None = ...,
+        sensor_indexes: _abc.Iterable[_builtins.int] | None = ...,
+        observe_unix_micros: _abc.Iterable[_builtins.int] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["observe_unix_micros", b"observe_unix_micros", "sensor_ids", b"sensor_ids", "sensor_indexes", b"sensor_indexes", "units", b"units", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadingColumns: _TypeAlias = ReadingColumns  # noqa: Y015
 
 @_typing.final
 class IngestReadingsResponse(_message.Message):
