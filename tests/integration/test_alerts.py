@@ -7,6 +7,7 @@ so these tests pin the alerting rules without depending on the ingest path.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2, field_mask_pb2
+from google.rpc import error_details_pb2, status_pb2
 from seedline.telemetry.v1 import telemetry_pb2 as pb
 from seedline.telemetry.v1 import telemetry_pb2_grpc
 from sqlalchemy import func, select
@@ -332,6 +334,55 @@ async def test_alert_opens_after_the_hold_and_closes_with_hysteresis(stack: Stac
     assert got.alert_rule == rule.name
     assert got.sensor == f"licenses/{farm.license_id}/sensors/{sensor}"
     assert got.condition.threshold == 28.0
+
+
+async def test_a_rule_sets_its_own_hysteresis(stack: Stack, farm: Farm) -> None:
+    parent = f"licenses/{farm.license_id}"
+    sensor = await add_sensor(stack.db, farm)
+    wide = gt_rule(farm, hold=0)
+    wide.condition.hysteresis = 2.0
+    rule = await create_rule(stack, farm, wide)
+    assert rule.condition.HasField("hysteresis")
+    assert rule.condition.hysteresis == 2.0
+    default = await create_rule(stack, farm, gt_rule(farm, hold=0))
+    assert not default.condition.HasField("hysteresis")  # unset: the metric's default margin
+
+    stack.hub.on_readings([reading(farm, sensor, 0, 29.0)])
+    stack.hub.on_readings([reading(farm, sensor, 10, 27.0)])  # 1 °C inside: past 0.5, not past 2
+    await stack.hub.drain()
+    [alert] = await alerts_of(stack.db, rule.name)
+    assert alert.state == am.FIRING
+    [other] = await alerts_of(stack.db, default.name)
+    assert other.state == am.RESOLVED
+    stack.hub.on_readings([reading(farm, sensor, 20, 25.9)])
+    await stack.hub.drain()
+    [alert] = await alerts_of(stack.db, rule.name)
+    assert alert.state == am.RESOLVED
+    got = await stack.stub.GetAlert(pb.GetAlertRequest(name=uses.alert_name(farm.license_id, alert.id)))
+    assert got.condition.hysteresis == 2.0  # the alert keeps the condition it fired under
+
+    for bad in (-1.0, math.inf):
+        negative = gt_rule(farm)
+        negative.condition.hysteresis = bad
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stack.stub.CreateAlertRule(pb.CreateAlertRuleRequest(parent=parent, alert_rule=negative))
+        assert status_of(err.value) == grpc.StatusCode.INVALID_ARGUMENT
+    too_wide = gt_rule(farm)
+    too_wide.condition.ClearField("threshold")
+    too_wide.condition.comparator = pb.COMPARATOR_OUTSIDE_RANGE
+    too_wide.condition.lower_bound, too_wide.condition.upper_bound = 18.0, 28.0
+    too_wide.condition.hysteresis = 5.0  # a value can never be 5 inside both ends of a 10-wide range
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.CreateAlertRule(pb.CreateAlertRuleRequest(parent=parent, alert_rule=too_wide))
+    assert status_of(err.value) == grpc.StatusCode.INVALID_ARGUMENT
+    status = status_pb2.Status.FromString(
+        dict(err.value.trailing_metadata() or ())["grpc-status-details-bin"]
+    )
+    bad = next(d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR))
+    request = error_details_pb2.BadRequest()
+    bad.Unpack(request)
+    assert [v.field for v in request.field_violations] == ["alert_rule.condition"]
+    assert "hysteresis" in request.field_violations[0].description
 
 
 async def test_the_webhook_delivery_commits_with_the_alert(stack: Stack, farm: Farm) -> None:

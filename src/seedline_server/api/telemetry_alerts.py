@@ -56,6 +56,7 @@ def condition_pb(license_id: str, c: Mapping[str, Any]) -> pb.AlertCondition:
         ("threshold", "threshold"),
         ("lower_bound", "lower_bound"),
         ("upper_bound", "upper_bound"),
+        ("hysteresis", "hysteresis"),
     ):
         if c.get(column) is not None:
             setattr(out, wire, c[column])
@@ -116,6 +117,7 @@ def condition_in(license_id: str, c: pb.AlertCondition, field: str) -> uses.Cond
         lower_bound=c.lower_bound if c.HasField("lower_bound") else None,
         upper_bound=c.upper_bound if c.HasField("upper_bound") else None,
         hold_seconds=c.hold_duration.ToTimedelta().total_seconds(),
+        hysteresis=c.hysteresis if c.HasField("hysteresis") else None,
     )
 
 

@@ -52,6 +52,7 @@ _CONDITION_FIELDS = (
     "upper_bound",
     "unit",
     "hold_seconds",
+    "hysteresis",
 )
 _TIMES = ("start_time", "end_time", "last_value_time", "acknowledge_time", "create_time", "update_time")
 
@@ -82,6 +83,7 @@ class ConditionIn:
     lower_bound: float | None = None
     upper_bound: float | None = None
     hold_seconds: float = 0.0
+    hysteresis: float | None = None  # None: the metric's default margin
 
     def columns(self) -> dict[str, Any]:
         """The AlertRule columns of the condition."""
@@ -96,7 +98,9 @@ def condition_of(values: Mapping[str, Any]) -> evaluator.Condition:
         lower=float(values["lower_bound"] or 0.0),
         upper=float(values["upper_bound"] or 0.0),
         hold=timedelta(seconds=float(values["hold_seconds"])),
-        hysteresis=evaluator.default_hysteresis(int(values["metric"]), int(values["unit"])),
+        hysteresis=evaluator.default_hysteresis(int(values["metric"]), int(values["unit"]))
+        if values.get("hysteresis") is None
+        else float(values["hysteresis"]),
     )
 
 

@@ -31,6 +31,7 @@ class AlertRule(Base):
     __table_args__ = (
         CheckConstraint("(section_id IS NULL) <> (sensor_id IS NULL)", name="ck_alert_rules_scope"),
         CheckConstraint("comparator IN (1, 2, 3)", name="ck_alert_rules_comparator"),
+        CheckConstraint("hysteresis IS NULL OR hysteresis >= 0", name="ck_alert_rules_hysteresis"),
         Index("ix_alert_rules_license_id_id", "license_id", "id"),
         Index("ix_alert_rules_sensor", "sensor_id", postgresql_where=text("delete_time IS NULL")),
     )
@@ -46,6 +47,8 @@ class AlertRule(Base):
     upper_bound: Mapped[float | None] = mapped_column(Double)
     unit: Mapped[int] = mapped_column(SmallInteger)
     hold_seconds: Mapped[float] = mapped_column(Double)
+    # How far back inside a value must be to resolve, in ``unit``; NULL: the metric's default.
+    hysteresis: Mapped[float | None] = mapped_column(Double)
     severity: Mapped[int] = mapped_column(SmallInteger)
     enabled: Mapped[bool]
     create_time: Mapped[datetime]

@@ -1086,6 +1086,7 @@ class AlertCondition(_message.Message):
     UPPER_BOUND_FIELD_NUMBER: _builtins.int
     UNIT_FIELD_NUMBER: _builtins.int
     HOLD_DURATION_FIELD_NUMBER: _builtins.int
+    HYSTERESIS_FIELD_NUMBER: _builtins.int
     metric: Global___Metric.ValueType
     """The metric watched."""
     section: _builtins.str
@@ -1108,6 +1109,13 @@ class AlertCondition(_message.Message):
     """The unit of the thresholds; one of the metric's units. Readings are converted to it before
     comparison.
     """
+    hysteresis: _builtins.float
+    """How far back inside the threshold, in `unit`, a value must be for a firing alert to
+    resolve (for COMPARATOR_OUTSIDE_RANGE: inside both bounds, so less than half the range).
+    It keeps a value hovering around the threshold from opening and closing alerts over and
+    over. Unset: the metric's default margin, about the resolution of a good sensor (0.5 °C,
+    2 %, 50 ppm...); 0 resolves at the first value that no longer meets the condition.
+    """
     @_builtins.property
     def hold_duration(self) -> _duration_pb2.Duration:
         """How long the condition must hold without interruption before the alert fires, up to 24
@@ -1126,11 +1134,14 @@ class AlertCondition(_message.Message):
         upper_bound: _builtins.float | None = ...,
         unit: Global___MeasurementUnit.ValueType = ...,
         hold_duration: _duration_pb2.Duration | None = ...,
+        hysteresis: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lower_bound", b"_lower_bound", "_threshold", b"_threshold", "_upper_bound", b"_upper_bound", "hold_duration", b"hold_duration", "lower_bound", b"lower_bound", "scope", b"scope", "section", b"section", "sensor", b"sensor", "threshold", b"threshold", "upper_bound", b"upper_bound"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_hysteresis", b"_hysteresis", "_lower_bound", b"_lower_bound", "_threshold", b"_threshold", "_upper_bound", b"_upper_bound", "hold_duration", b"hold_duration", "hysteresis", b"hysteresis", "lower_bound", b"lower_bound", "scope", b"scope", "section", b"section", "sensor", b"sensor", "threshold", b"threshold", "upper_bound", b"upper_bound"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lower_bound", b"_lower_bound", "_threshold", b"_threshold", "_upper_bound", b"_upper_bound", "comparator", b"comparator", "hold_duration", b"hold_duration", "lower_bound", b"lower_bound", "metric", b"metric", "scope", b"scope", "section", b"section", "sensor", b"sensor", "threshold", b"threshold", "unit", b"unit", "upper_bound", b"upper_bound"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hysteresis", b"_hysteresis", "_lower_bound", b"_lower_bound", "_threshold", b"_threshold", "_upper_bound", b"_upper_bound", "comparator", b"comparator", "hold_duration", b"hold_duration", "hysteresis", b"hysteresis", "lower_bound", b"lower_bound", "metric", b"metric", "scope", b"scope", "section", b"section", "sensor", b"sensor", "threshold", b"threshold", "unit", b"unit", "upper_bound", b"upper_bound"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__hysteresis: _TypeAlias = _typing.Literal["hysteresis"]  # noqa: Y015
+    _WhichOneofArgType__hysteresis: _TypeAlias = _typing.Literal["_hysteresis", b"_hysteresis"]  # noqa: Y015
     _WhichOneofReturnType__lower_bound: _TypeAlias = _typing.Literal["lower_bound"]  # noqa: Y015
     _WhichOneofArgType__lower_bound: _TypeAlias = _typing.Literal["_lower_bound", b"_lower_bound"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
@@ -1139,6 +1150,8 @@ class AlertCondition(_message.Message):
     _WhichOneofArgType__upper_bound: _TypeAlias = _typing.Literal["_upper_bound", b"_upper_bound"]  # noqa: Y015
     _WhichOneofReturnType_scope: _TypeAlias = _typing.Literal["section", "sensor"]  # noqa: Y015
     _WhichOneofArgType_scope: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hysteresis) -> _WhichOneofReturnType__hysteresis | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lower_bound) -> _WhichOneofReturnType__lower_bound | None: ...
     @_typing.overload
