@@ -15,9 +15,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server.domain.errors import DependencyUnavailable
+from seedline_server.service import registry
+from seedline_server.service.registry import etag
 from seedline_server.service.uow import Database, UnitOfWork
-from seedline_server.store import db
-from seedline_server.telemetry import ingest, partitions, sensors
+from seedline_server.store import db, models
+from seedline_server.telemetry import ingest, partitions, queries, sensors
 from seedline_server.telemetry.ingest import CommittedReading, IngestPipeline, ReadingIn
 from tests.integration.conftest import CTX, Farm, make_farm
 
@@ -362,3 +364,80 @@ async def test_partitions_are_created_ahead_and_dropped_after_retention(engine: 
         for d in have:
             if d.year == 2001:
                 await conn.execute(text(f"DROP TABLE {partitions.partition_name(d)}"))
+
+
+async def section_rollup(
+    engine: AsyncEngine, table: str, section_id: str
+) -> list[tuple[datetime, float, float, float, int]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                f"SELECT bucket_start, min, max, sum, count FROM {table} "
+                "WHERE section_id = :s AND metric = :m ORDER BY 1"
+            ),
+            {"s": section_id, "m": TEMPERATURE},
+        )
+        return [(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]
+
+
+async def test_section_rollups_count_each_reading_in_the_section_it_was_taken_in(
+    pipeline: IngestPipeline, database: Database, farm: Farm, engine: AsyncEngine
+) -> None:
+    celsius = await add_sensor(database, farm)
+    fahrenheit = await add_sensor(database, farm, unit=FAHRENHEIT)
+    t0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+    first = [ReadingIn(celsius, t0 + timedelta(seconds=i), 20.0 + i, CELSIUS) for i in range(3)] + [
+        ReadingIn(fahrenheit, t0 + timedelta(seconds=i), 68.0 + 9 * i, FAHRENHEIT) for i in range(3)
+    ]
+    await pipeline.submit(license_id=farm.license_id, gateway_id="gw-sec", sequence=1, readings=first)
+    [(start, low, high, total, n)] = await section_rollup(engine, "section_readings_1m", farm.section_id)
+    # 68, 77, 86 °F are 20, 25, 30 °C: the section's roll-up is in the metric's first unit.
+    assert (start, n) == (t0, 6)
+    assert (low, high, total) == (pytest.approx(20.0), pytest.approx(30.0), pytest.approx(63.0 + 75.0))
+
+    # The °F sensor moves to another section: its later readings count there, its history stays.
+    async def move(uow: UnitOfWork) -> str:
+        room = await registry.create_scoped(
+            uow,
+            farm.license_id,
+            models.Section(display_name="Dry room", type=1, active=True, version=1),
+            "section",
+            "sections",
+        )
+        row = await sensors.get_sensor(uow, farm.license_id, fahrenheit)
+        await sensors.update_sensor(
+            uow,
+            farm.license_id,
+            fahrenheit,
+            sensors.SensorChanges("probe", room.id, None),
+            ["section"],
+            etag(row.id, row.version),
+        )
+        return room.id
+
+    room = await database.write(CTX, move)
+    pipeline.sensors.invalidate(fahrenheit)
+    later = [ReadingIn(fahrenheit, t0 + timedelta(minutes=70), 50.0, FAHRENHEIT)]
+    await pipeline.submit(license_id=farm.license_id, gateway_id="gw-sec", sequence=2, readings=later)
+    hours = await section_rollup(engine, "section_readings_1h", farm.section_id)
+    assert [h[4] for h in hours] == [6]
+    [(_, low, high, _, n)] = await section_rollup(engine, "section_readings_1h", room)
+    assert (n, low, high) == (1, pytest.approx(10.0), pytest.approx(10.0))
+    # QueryAggregates of the first section still counts the moved sensor's earlier readings.
+    query = queries.Query(
+        license_id=farm.license_id,
+        sensor_id="",
+        section_id=farm.section_id,
+        metric=TEMPERATURE,
+        start=t0 - timedelta(hours=1),
+        end=t0 + timedelta(hours=3),
+        resolution=queries.HOUR,
+        unit=FAHRENHEIT,
+        time_zone="",
+        page_size=0,
+        page_token="",
+    )
+    _, unit, [bucket], _ = await queries.aggregate(engine, query)
+    assert (unit, bucket.count) == (FAHRENHEIT, 6)
+    assert (bucket.min, bucket.max) == (pytest.approx(68.0), pytest.approx(86.0))
+    assert bucket.avg == pytest.approx((63.0 + 75.0) / 6 * 9 / 5 + 32)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     PrimaryKeyConstraint,
     SmallInteger,
+    String,
     Table,
     Text,
 )
@@ -113,6 +114,26 @@ def _rollup(name: str) -> Table:
 
 readings_1m = _rollup("readings_1m")
 readings_1h = _rollup("readings_1h")
+
+
+def _section_rollup(name: str) -> Table:
+    """Per section and metric, in the metric's first listed unit, by the section of each reading."""
+    return Table(
+        name,
+        Base.metadata,
+        Column("section_id", String(26), nullable=False),
+        Column("metric", SmallInteger, nullable=False),
+        Column("bucket_start", TZ, nullable=False),
+        Column("min", Double, nullable=False),
+        Column("max", Double, nullable=False),
+        Column("sum", Double, nullable=False),
+        Column("count", BigInteger, nullable=False),
+        PrimaryKeyConstraint("section_id", "metric", "bucket_start"),
+    )
+
+
+section_readings_1m = _section_rollup("section_readings_1m")
+section_readings_1h = _section_rollup("section_readings_1h")
 
 
 _PARTITION = re.compile(r"^readings_p\d{8}$")

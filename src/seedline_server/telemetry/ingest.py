@@ -298,29 +298,52 @@ def _iso(micros: int) -> str:
         return f"{micros} µs after 1970-01-01T00:00:00Z"
 
 
-def _sensor_columns(
-    infos: list[SensorInfo | None], license_id: str | None
-) -> tuple[rollup.Ints, rollup.Ints, rollup.Floats, rollup.Floats]:
-    """Per sensor of a batch: key, unit and the plausible range in that unit (empty if unusable)."""
-    keys, units, lows, highs = [], [], [], []
-    for info in infos:
-        if info is None or (license_id is not None and info.license_id != license_id):
-            keys.append(-1)
-            units.append(-1)
-            lows.append(math.inf)
-            highs.append(-math.inf)
-        else:
+@dataclass(frozen=True)
+class _SensorColumns:
+    """Per sensor of a batch (unusable ones: key -1 and an empty range)."""
+
+    keys: rollup.Ints
+    units: rollup.Ints
+    lows: rollup.Floats  # the plausible range in the sensor's unit
+    highs: rollup.Floats
+    sections: list[tuple[str, int]]  # the batch's (section id, metric) pairs
+    section_index: rollup.Ints  # each sensor's pair
+    scale: rollup.Floats  # a, b: the sensor's unit -> its metric's first unit
+    shift: rollup.Floats
+
+    @classmethod
+    def of(cls, infos: list[SensorInfo | None], license_id: str | None) -> _SensorColumns:
+        keys, units, lows, highs, index, scale, shift = [], [], [], [], [], [], []
+        pairs: dict[tuple[str, int], int] = {}
+        for info in infos:
+            if info is None or (license_id is not None and info.license_id != license_id):
+                keys.append(-1)
+                units.append(-1)
+                lows.append(math.inf)
+                highs.append(-math.inf)
+                index.append(0)
+                scale.append(1.0)
+                shift.append(0.0)
+                continue
             low, high = ranges.BOUNDS[(info.metric, info.unit)]
+            a, b = ranges.affine(info.unit, ranges.default_unit(info.metric))
             keys.append(info.key)
             units.append(info.unit)
             lows.append(low)
             highs.append(high)
-    return (
-        np.array(keys, dtype=np.int64),
-        np.array(units, dtype=np.int64),
-        np.array(lows, dtype=np.float64),
-        np.array(highs, dtype=np.float64),
-    )
+            index.append(pairs.setdefault((info.section_id, info.metric), len(pairs)))
+            scale.append(a)
+            shift.append(b)
+        return cls(
+            np.array(keys, dtype=np.int64),
+            np.array(units, dtype=np.int64),
+            np.array(lows, dtype=np.float64),
+            np.array(highs, dtype=np.float64),
+            list(pairs),
+            np.array(index, dtype=np.int64),
+            np.array(scale, dtype=np.float64),
+            np.array(shift, dtype=np.float64),
+        )
 
 
 class IngestPipeline:
@@ -509,16 +532,17 @@ class IngestPipeline:
         now = datetime.now(UTC)
         oldest = (now - self._max_age - _EPOCH) // _MICROSECOND
         newest = (now + MAX_AHEAD - _EPOCH) // _MICROSECOND
-        s_key, s_unit, s_low, s_high = _sensor_columns(infos, license_id)
+        per = _SensorColumns.of(infos, license_id)
+        s_key = per.keys
         si, micros, values = c.sensor_index, c.micros, c.values
         # Fast path, whole columns at once: a known sensor of the license, in its own unit,
         # plausible (NaN fails every comparison), on time. The rest is looked at one by one.
         keep = (
-            (c.units == s_unit[si])
+            (c.units == per.units[si])
             & (micros >= oldest)
             & (micros <= newest)
-            & (values >= s_low[si])
-            & (values <= s_high[si])
+            & (values >= per.lows[si])
+            & (values <= per.highs[si])
         )
         rejected: list[Rejected] = list(refused)
 
@@ -557,17 +581,21 @@ class IngestPipeline:
             index = np.flatnonzero(keep)
         if len(rejected) > len(refused) or refused:
             rejected.sort(key=lambda r: r.index)
+        kept, stored = si[index], values[index]
         batch = writer.Batch(
             license_id=license_id or "",
             gateway_id=gateway_id,
             sequence=sequence,
-            keys=s_key[si[index]],
+            keys=s_key[kept],
             micros=micros[index],
-            values=values[index],
+            values=stored,
             rejected=tuple(rejected),
+            sections=per.sections,
+            section_index=per.section_index[kept],
+            normalized=stored * per.scale[kept] + per.shift[kept],
         )
         known_infos = [i if i is not None else _NO_SENSOR for i in infos]
-        return _Job(batch, known_infos, si[index], asyncio.get_running_loop().create_future())
+        return _Job(batch, known_infos, kept, asyncio.get_running_loop().create_future())
 
     async def _write_loop(self, queue: asyncio.Queue[_Job | None]) -> None:
         stopping = False

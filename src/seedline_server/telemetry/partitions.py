@@ -107,8 +107,8 @@ class PartitionManager:
             for day in sorted(dropped):
                 await apg.execute(f"DROP TABLE IF EXISTS {partition_name(day)}")
             edge = datetime.combine(cutoff, time(), tzinfo=UTC)
-            await apg.execute("DELETE FROM readings_1m WHERE bucket_start < $1", edge)
-            await apg.execute("DELETE FROM readings_1h WHERE bucket_start < $1", edge)
+            for table in ("readings_1m", "readings_1h", "section_readings_1m", "section_readings_1h"):
+                await apg.execute(f"DELETE FROM {table} WHERE bucket_start < $1", edge)  # noqa: S608
             month_ago = datetime.now(UTC) - timedelta(days=30)
             await apg.execute("DELETE FROM ingest_batches WHERE commit_time < $1", month_ago)
             # BatchIngestReadings request ids (``~id``) are de-duplicated for 30 days, like batches.

@@ -4,8 +4,12 @@ Minute buckets come from ``readings_1m``; hour and day buckets from ``readings_1
 zone's offset is a whole number of hours over the range (else from ``readings_1m``); RAW reads
 ``readings``. Values are converted to the requested unit per sensor with the affine map of
 :mod:`seedline_server.telemetry.ranges` (``a > 0``, so the minimum stays the minimum and a sum
-converts as ``a * sum + b * count``). A section's aggregate covers every sensor of the metric
-whose current section it is, deleted ones included.
+converts as ``a * sum + b * count``).
+
+A section's aggregate at minute, hour or day resolution comes from ``section_readings_1m/1h``,
+kept by the writers per section and metric with each reading counted in the section its sensor
+was in when the reading was stored (values in the metric's first unit). RAW lists the readings
+of the sensors of the metric whose current section it is, deleted ones included.
 """
 
 from __future__ import annotations
@@ -167,7 +171,7 @@ async def aggregate(engine: AsyncEngine, q: Query) -> tuple[Scope, int, list[Buc
     unit = target_unit(q, s)
     limit = DEFAULT_PAGE if q.page_size == 0 else min(q.page_size, MAX_PAGE)
     after = paging.decode_token(q.page_token, q.fingerprint())
-    if not s.sensors:
+    if not s.sensors and (q.sensor_id or q.resolution == RAW):
         return s, unit, [], ""
     keys = [k for k, _, _ in s.sensors]
     coeffs = [ranges.affine(u, unit) for _, _, u in s.sensors]
@@ -203,7 +207,52 @@ async def aggregate(engine: AsyncEngine, q: Query) -> tuple[Scope, int, list[Buc
             return s, unit, buckets, token
         table, bucket = _bucket_sql(q.resolution, whole_hours(tz, q.start, q.end))
         after_time = datetime.fromisoformat(after) if after else None
-        rows = await apg.fetch(
+        if not q.sensor_id:
+            a, b = ranges.affine(ranges.default_unit(s.metric), unit)
+            rows = await apg.fetch(
+                f"SELECT b, mn, mx, sm, ct FROM (SELECT {bucket} AS b, min(r.min) * $2 + $3 AS mn, "  # noqa: S608
+                "max(r.max) * $2 + $3 AS mx, sum(r.sum) * $2 + $3 * sum(r.count) AS sm, "
+                "sum(r.count)::bigint AS ct "
+                f"FROM section_{table} r WHERE r.section_id = $1 AND r.metric = $9 "
+                "AND r.bucket_start >= $4 AND r.bucket_start < $5 GROUP BY 1) q "
+                "WHERE b >= $4 AND b > $7 AND $6::text <> '' ORDER BY b LIMIT $8",
+                q.section_id,
+                a,
+                b,
+                q.start,
+                q.end,
+                tz.key,
+                after_time or q.start - timedelta(microseconds=1),
+                limit + 1,
+                s.metric,
+            )
+        else:
+            rows = await _sensor_buckets(apg, table, bucket, s, unit, q, tz.key, after_time, limit)
+    buckets = [Bucket(r[0], r[1], r[3] / r[4], r[2], int(r[4])) for r in rows]
+    token = ""
+    if len(buckets) > limit:
+        buckets = buckets[:limit]
+        token = paging.next_token(buckets[-1].start.isoformat(), q.fingerprint())
+    return s, unit, buckets, token
+
+
+async def _sensor_buckets(
+    apg: Any,
+    table: str,
+    bucket: str,
+    s: Scope,
+    unit: int,
+    q: Query,
+    zone_name: str,
+    after_time: datetime | None,
+    limit: int,
+) -> list[Any]:
+    """Rolled-up buckets of the scope's sensors from the per-sensor roll-ups."""
+    keys = [k for k, _, _ in s.sensors]
+    coeffs = [ranges.affine(u, unit) for _, _, u in s.sensors]
+    a_s, b_s = [c[0] for c in coeffs], [c[1] for c in coeffs]
+    return list(
+        await apg.fetch(
             f"SELECT b, mn, mx, sm, ct FROM (SELECT {bucket} AS b, min(r.min * v.a + v.b) AS mn, "  # noqa: S608
             "max(r.max * v.a + v.b) AS mx, sum(r.sum * v.a + v.b * r.count) AS sm, "
             "sum(r.count)::bigint AS ct "
@@ -215,16 +264,11 @@ async def aggregate(engine: AsyncEngine, q: Query) -> tuple[Scope, int, list[Buc
             b_s,
             q.start,
             q.end,
-            tz.key,
+            zone_name,
             after_time or q.start - timedelta(microseconds=1),
             limit + 1,
         )
-    buckets = [Bucket(r[0], r[1], r[3] / r[4], r[2], int(r[4])) for r in rows]
-    token = ""
-    if len(buckets) > limit:
-        buckets = buckets[:limit]
-        token = paging.next_token(buckets[-1].start.isoformat(), q.fingerprint())
-    return s, unit, buckets, token
+    )
 
 
 def _raw_after(after: str | None) -> tuple[datetime | None, int]:

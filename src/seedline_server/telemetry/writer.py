@@ -54,6 +54,15 @@ ON CONFLICT (sensor_key, bucket_start) DO UPDATE SET
   min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max),
   sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count
 """
+_SECTION_ROLLUP = """
+INSERT INTO {table} AS r (section_id, metric, bucket_start, min, max, sum, count)
+SELECT c, m, to_timestamp(s), lo, hi, total, n
+FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[], $7::bigint[])
+  AS v(c, m, s, lo, hi, total, n)
+ON CONFLICT (section_id, metric, bucket_start) DO UPDATE SET
+  min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max),
+  sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count
+"""
 _LAST_OBSERVED = """
 UPDATE sensors AS s SET last_observe_time = v.t
 FROM (SELECT k, timestamptz 'epoch' + us * interval '1 microsecond' AS t
@@ -86,6 +95,11 @@ class Batch:
     micros: rollup.Ints
     values: rollup.Floats
     rejected: tuple[Any, ...]
+    # The (section id, metric) pairs of the batch's sensors, and per reading: the index of its
+    # pair and its value in the metric's first unit (for the section roll-ups).
+    sections: list[tuple[str, int]] = field(default_factory=list)
+    section_index: rollup.Ints = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    normalized: rollup.Floats = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     # Set by :func:`commit`: whether the batch was a replay, and the original acknowledgement.
     replayed: bool = False
     original: tuple[int, bytes] | None = None
@@ -164,6 +178,43 @@ def days_of(batches: Sequence[Batch]) -> set[date]:
     return days
 
 
+def section_columns(batches: Sequence[Batch]) -> tuple[list[tuple[str, int]], rollup.Ints, rollup.Floats]:
+    """The batches' (section, metric) pairs with each reading's index into them and its value.
+
+    The pairs are sorted (a stable lock order for the upserts); the values are in the metric's
+    first listed unit.
+    """
+    pairs = sorted({p for b in batches for p in b.sections})
+    where = {p: i for i, p in enumerate(pairs)}
+    index = [
+        np.array([where[p] for p in b.sections], dtype=np.int64)[b.section_index]
+        if b.sections
+        else b.section_index
+        for b in batches
+    ]
+    return pairs, np.concatenate(index), np.concatenate([b.normalized for b in batches])
+
+
+async def _section_rollups(conn: Any, batches: Sequence[Batch], micros: rollup.Ints) -> None:
+    pairs, index, normalized = section_columns(batches)
+    minutes = rollup.fold(index, micros, normalized, rollup.MINUTE)
+    for table, buckets in (
+        ("section_readings_1m", minutes),
+        ("section_readings_1h", rollup.coarsen(minutes, rollup.HOUR)),
+    ):
+        keys, starts, mins, maxs, sums, counts = buckets.columns()
+        await conn.execute(
+            _SECTION_ROLLUP.format(table=table),
+            [pairs[k][0] for k in keys],
+            [pairs[k][1] for k in keys],
+            starts,
+            mins,
+            maxs,
+            sums,
+            counts,
+        )
+
+
 def copy_data(keys: rollup.Ints, micros: rollup.Ints, values: rollup.Floats) -> bytes:
     """The readings as a binary COPY stream for ``readings (sensor_key, observe_time, value)``."""
     rows = np.empty(len(keys), dtype=_COPY_ROW)
@@ -196,4 +247,5 @@ async def commit(conn: Any, batches: Sequence[Batch]) -> None:
         await conn.execute(_ROLLUP.format(table="readings_1m"), *minutes.columns())
         hours = rollup.coarsen(minutes, rollup.HOUR)
         await conn.execute(_ROLLUP.format(table="readings_1h"), *hours.columns())
+        await _section_rollups(conn, stored, micros)
         await conn.execute(_LAST_OBSERVED, *rollup.newest(keys, micros))
