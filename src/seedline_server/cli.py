@@ -115,7 +115,13 @@ def _serve_processes(settings: Settings, url: str, workers: int) -> None:
         time.sleep(0.2)
     forward(_signal.SIGTERM, None)
     codes = [c.wait() for c in children]
-    if any(codes):
+    # A process that got the stop signal before it could install its handler (still starting)
+    # ends by that signal: it held no calls, so that is a clean stop too.
+    stopped = {0, -_signal.SIGTERM, -_signal.SIGINT}
+    failed = [(c.pid, code) for c, code in zip(children, codes, strict=True) if code not in stopped]
+    for pid, code in failed:
+        console.print(f"[red]server process {pid} exited with {code}[/]")
+    if failed:
         raise typer.Exit(1)
 
 

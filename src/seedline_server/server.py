@@ -293,19 +293,25 @@ async def serve(
 
     ``dev`` defaults to "no DATABASE_URL" (the embedded database): see :func:`start`.
     """
-    running = await start(settings, database_url, dev=settings.database_url is None if dev is None else dev)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Installed before the ports are bound: a SIGTERM during startup (a supervisor stopping a
+    # set of processes) stops this one gracefully once it is up, instead of killing it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if on_ready is not None:
-            await on_ready(running)
-        await stop.wait()
-        log.info("stopping", grace_seconds=settings.shutdown_grace_seconds)
+        running = await start(
+            settings, database_url, dev=settings.database_url is None if dev is None else dev
+        )
+        try:
+            if on_ready is not None and not stop.is_set():
+                await on_ready(running)
+            await stop.wait()
+            log.info("stopping", grace_seconds=settings.shutdown_grace_seconds)
+        finally:
+            # Handlers stay installed while draining: a repeated signal must not kill in-flight calls.
+            await running.stop(settings.shutdown_grace_seconds)
     finally:
-        # Handlers stay installed while draining: a repeated signal must not kill in-flight calls.
-        await running.stop(settings.shutdown_grace_seconds)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with suppress(Exception):
                 loop.remove_signal_handler(sig)

@@ -40,7 +40,8 @@ def socket_inodes(pid: int) -> set[str]:
     return out
 
 
-def test_two_processes_share_the_ports_and_stop_together(e2e_pg_url: str, tmp_path: Path) -> None:
+def start_set(e2e_pg_url: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """`seedline serve --workers 2` on free ports: (the parent process, its log, the gRPC port)."""
     grpc_port, edge_port = free_port(), free_port()
     env = dict(os.environ)
     env.update(
@@ -61,6 +62,27 @@ def test_two_processes_share_the_ports_and_stop_together(e2e_pg_url: str, tmp_pa
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    return parent, log, grpc_port
+
+
+def test_a_stop_while_the_processes_start_is_a_clean_stop(e2e_pg_url: str, tmp_path: Path) -> None:
+    parent, log, grpc_port = start_set(e2e_pg_url, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while "2 server processes" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the children are importing, migrating or binding: not serving yet
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0, log.read_text()[-2000:]
+        assert not listening_inodes(grpc_port)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_two_processes_share_the_ports_and_stop_together(e2e_pg_url: str, tmp_path: Path) -> None:
+    parent, log, grpc_port = start_set(e2e_pg_url, tmp_path)
     try:
         wait_healthy(f"127.0.0.1:{grpc_port}", timeout=60)
         deadline = time.monotonic() + 30
