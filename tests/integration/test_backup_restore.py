@@ -117,7 +117,8 @@ async def test_dump_restore_and_verify_the_audit_chains(
     assert dumped.returncode == 0, dumped.stderr
     listing = run(str(PG_BIN / "pg_restore"), "--list", str(slim)).stdout
     data = {line.split()[-2] for line in listing.splitlines() if " TABLE DATA " in line}
-    assert {"audit_events", "readings_1m", "readings_1h"} <= data
+    rollups = {"readings_1m", "readings_1h", "section_readings_1m", "section_readings_1h"}
+    assert {"audit_events", *rollups} <= data
     assert not [t for t in data if t.startswith("readings_p")]
     assert f"TABLE public {future_partition}" in listing  # the partition itself is kept
     # The append-only triggers came back with the schema.
