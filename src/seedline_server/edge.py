@@ -172,6 +172,7 @@ def render_envoy_config(
     services: Sequence[str],
     template: Path | None = None,
     rate_limits: EdgeRateLimits | None = None,
+    descriptor_in_config: str | None = None,
 ) -> str:
     """Render the Envoy bootstrap for the partner edge.
 
@@ -187,6 +188,9 @@ def render_envoy_config(
         template: Template to render instead of :data:`DEFAULT_TEMPLATE`.
         rate_limits: Per-partner limits by route class; :meth:`EdgeRateLimits.defaults` if None
             (``EdgeRateLimits.from_settings(settings)`` for the configured ones).
+        descriptor_in_config: Where Envoy finds the descriptor, when that is not ``descriptor``
+            (a configuration for a container, which mounts it elsewhere); ``descriptor`` is still
+            read here for the streaming methods. The ``pki`` paths are written as given (resolved).
 
     Returns:
         The YAML configuration text.
@@ -210,7 +214,7 @@ def render_envoy_config(
         ADMIN_PORT=str(int(admin_port)),
         UPSTREAM_HOST=json.dumps(upstream_host),
         UPSTREAM_PORT=str(int(upstream_port)),
-        DESCRIPTOR=json.dumps(str(descriptor.resolve())),
+        DESCRIPTOR=json.dumps(descriptor_in_config or str(descriptor.resolve())),
         CA_CERT=json.dumps(str(pki.ca_cert.resolve())),
         SERVER_CERT=json.dumps(str(pki.server_cert.resolve())),
         SERVER_KEY=json.dumps(str(pki.server_key.resolve())),

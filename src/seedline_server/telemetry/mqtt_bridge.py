@@ -58,6 +58,7 @@ _PROTO_MEDIA = ("application/x-protobuf", "application/protobuf", "application/v
 
 
 def _default_client_id() -> str:
+    """`seedline-bridge-{hostname}`."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40]
     return f"seedline-bridge-{host}"
 
