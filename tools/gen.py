@@ -2,6 +2,7 @@
 
 Usage:
     python tools/gen.py all            regenerate gen/ (Python, typed stubs, descriptor, OpenAPI)
+                                       and the client's generated code (see tools/gen_client.py)
     python tools/gen.py image OUT      write a FileDescriptorSet image of proto/ (with imports
                                        and source info) for ``buf lint`` / ``buf breaking``
 
@@ -16,9 +17,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import grpc_tools
+from gen_client import generate_client
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
@@ -87,6 +90,16 @@ def generate() -> None:
     _protoc("--include_imports", f"--descriptor_set_out={GEN / 'seedline.protoset'}", *sources, *details)
     _touch_packages(GEN / "seedline")
     _touch_packages(GEN / "buf")
+    with tempfile.TemporaryDirectory() as scratch:
+        contract = Path(scratch) / "contract.binpb"
+        _protoc(
+            "--include_imports",
+            "--include_source_info",
+            f"--descriptor_set_out={contract}",
+            *sources,
+            *details,
+        )
+        generate_client(contract, BIN)
 
 
 def main(argv: list[str]) -> int:
