@@ -72,6 +72,9 @@ def needed_files(files: list[descriptor_pb2.FileDescriptorProto]) -> set[str]:
     """Our files, the google.rpc error files and every file whose types they use, transitively."""
     owner = {name: f.name for f in files for name in _defined(f)}
     by_name = {f.name: f for f in files}
+    missing = [root for root in EXTRA_ROOTS if root not in by_name]
+    if missing:
+        raise ValueError(f"the contract image lacks {missing}: build it with them (tools/gen.py DETAILS)")
     todo = [f.name for f in files if f.package.startswith("seedline.")] + list(EXTRA_ROOTS)
     needed: set[str] = set()
     while todo:
