@@ -35,6 +35,7 @@ __all__ = (
     "QueryAggregatesRequest",
     "QueryAggregatesResponse",
     "Reading",
+    "ReadingColumns",
     "RejectedReading",
     "RejectionReason",
     "Resolution",
@@ -892,6 +893,15 @@ class AlertCondition(betterproto2.Message):
     hours. Unset or zero fires on the first reading that meets it.
     """
 
+    hysteresis: "float | None" = betterproto2.field(10, betterproto2.TYPE_DOUBLE, optional=True)
+    """
+    How far back inside the threshold, in `unit`, a value must be for a firing alert to
+    resolve (for COMPARATOR_OUTSIDE_RANGE: inside both bounds, so less than half the range).
+    It keeps a value hovering around the threshold from opening and closing alerts over and
+    over. Unset: the metric's default margin, about the resolution of a good sensor (0.5 °C,
+    2 %, 50 ppm...); 0 resolves at the first value that no longer meets the condition.
+    """
+
 
 default_message_pool.register_message("seedline.telemetry.v1", "AlertCondition", AlertCondition)
 
@@ -1190,6 +1200,15 @@ class IngestReadingsRequest(betterproto2.Message):
     """
     The readings, at most 5000. An empty batch is acknowledged like any other (e.g. as a first
     message that only opens the stream). Each reading is checked on its own (see Reading).
+    """
+
+    columns: "ReadingColumns | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    More readings of the batch in columnar form: the compact encoding for high rates (a few
+    bytes per reading, and the server checks and stores them column by column instead of
+    reading by reading). Its readings follow `readings` in the batch: the reading at row `j`
+    of the columns has batch index `len(readings) + j`. `readings` and `columns` together hold
+    at most 5000 readings.
     """
 
 
@@ -1555,6 +1574,46 @@ class Reading(betterproto2.Message):
 
 
 default_message_pool.register_message("seedline.telemetry.v1", "Reading", Reading)
+
+
+@dataclass(eq=False, repr=False)
+class ReadingColumns(betterproto2.Message):
+    """
+    Readings column by column: row `j` is the reading of sensor `sensor_ids[sensor_indexes[j]]`
+    observed at `observe_unix_micros[j]` with value `values[j]` in `units[sensor_indexes[j]]`.
+    The three per-reading columns have the same length. Each reading is checked on its own, as a
+    `Reading` is.
+    """
+
+    sensor_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The sensors of the batch, by short id (the `{sensor}` ULID of their name) in the stream's
+    license; each listed once.
+    """
+
+    units: "list[MeasurementUnit]" = betterproto2.field(2, betterproto2.TYPE_ENUM, repeated=True)
+    """
+    The unit of each sensor's values, parallel to `sensor_ids` (a value in another unit of the
+    sensor's metric is converted on ingest).
+    """
+
+    sensor_indexes: "list[int]" = betterproto2.field(3, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    Per reading: the position of its sensor in `sensor_ids`.
+    """
+
+    observe_unix_micros: "list[int]" = betterproto2.field(4, betterproto2.TYPE_INT64, repeated=True)
+    """
+    Per reading: when the value was measured, in microseconds since 1970-01-01T00:00:00Z (UTC).
+    """
+
+    values: "list[float]" = betterproto2.field(5, betterproto2.TYPE_DOUBLE, repeated=True)
+    """
+    Per reading: the measured value. Must be finite.
+    """
+
+
+default_message_pool.register_message("seedline.telemetry.v1", "ReadingColumns", ReadingColumns)
 
 
 @dataclass(eq=False, repr=False)
