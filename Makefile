@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install dev test lint typecheck buf-lint buf-breaking gen gen-check baseline pytest bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' -e clients/python
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,11 +23,12 @@ dev: install
 test: install lint typecheck buf-lint buf-breaking gen-check pytest
 
 lint: install
-	$(BIN)/ruff check src tests tools bench
-	$(BIN)/ruff format --check src tests tools bench
+	$(BIN)/ruff check src tests tools bench clients
+	$(BIN)/ruff format --check src tests tools bench clients
 
 typecheck: install
 	$(BIN)/mypy
+	$(BIN)/mypy -p seedline_client
 
 buf-lint: install
 	$(BIN)/python tools/gen.py image $(VENV)/contract.binpb
@@ -45,11 +46,13 @@ baseline: install
 gen: install
 	$(BIN)/python tools/gen.py all
 
-## Fails when gen/ differs from what proto/ generates.
+CLIENT_GEN := clients/python/src/seedline_client/_generated
+
+## Fails when gen/ or the client's generated code differs from what proto/ generates.
 gen-check: gen
-	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
-	  git status --short -- gen | head -20; \
-	  echo "gen/ is stale: run 'make gen' and commit gen/ with the proto change"; exit 1; fi
+	@if [ -n "$$(git status --porcelain -- gen $(CLIENT_GEN))" ]; then \
+	  git status --short -- gen $(CLIENT_GEN) | head -20; \
+	  echo "gen/ or $(CLIENT_GEN) is stale: run 'make gen' and commit them with the proto change"; exit 1; fi
 
 pytest: install
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -2,6 +2,7 @@
 
 Usage:
     python tools/gen.py all            regenerate gen/ (Python, typed stubs, descriptor, OpenAPI)
+                                       and the client's generated code (see tools/gen_client.py)
     python tools/gen.py image OUT      write a FileDescriptorSet image of proto/ (with imports
                                        and source info) for ``buf lint`` / ``buf breaking``
 
@@ -16,9 +17,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import grpc_tools
+from gen_client import generate_client
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
@@ -48,10 +51,14 @@ def _protoc(*args: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
 
 
-def image(out: Path) -> None:
-    """Write the contract as a FileDescriptorSet with imports and source info."""
+# The google.rpc error types: Envoy renders them as JSON, the Python client decodes them.
+DETAILS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+
+
+def image(out: Path, *extra: str) -> None:
+    """Write the contract (plus ``extra`` files) as a FileDescriptorSet with imports and source info."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _protoc("--include_imports", "--include_source_info", f"--descriptor_set_out={out}", *_sources())
+    _protoc("--include_imports", "--include_source_info", f"--descriptor_set_out={out}", *_sources(), *extra)
 
 
 def _touch_packages(root: Path) -> None:
@@ -83,10 +90,14 @@ def generate() -> None:
     )
     # Envoy's gRPC-JSON transcoder loads this: every service with all of its imports.
     # The google.rpc detail types are listed explicitly so Envoy can render error details as JSON.
-    details = ["google/rpc/status.proto", "google/rpc/error_details.proto"]
-    _protoc("--include_imports", f"--descriptor_set_out={GEN / 'seedline.protoset'}", *sources, *details)
+    _protoc("--include_imports", f"--descriptor_set_out={GEN / 'seedline.protoset'}", *sources, *DETAILS)
     _touch_packages(GEN / "seedline")
     _touch_packages(GEN / "buf")
+    # The Python client's messages and stubs (betterproto2), from an image with source info.
+    with tempfile.TemporaryDirectory() as scratch:
+        contract = Path(scratch) / "contract.binpb"
+        image(contract, *DETAILS)
+        generate_client(contract, BIN)
 
 
 def main(argv: list[str]) -> int:
