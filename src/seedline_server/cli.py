@@ -651,3 +651,93 @@ def telemetry_simulate(
         out.print(line, markup=False)
     if summary.errors:
         raise typer.Exit(1)
+
+
+integration_app = typer.Typer(
+    help="Integrations with state systems, labs and webhooks.", no_args_is_help=True
+)
+app.add_typer(integration_app, name="integration")
+
+
+@integration_app.command("sync")
+def integration_sync(
+    integration: Annotated[
+        str, typer.Argument(help="`licenses/L/integrations/I`, or the integration id with --license.")
+    ],
+    license: Annotated[str | None, typer.Option(help="The license, when INTEGRATION is an id.")] = None,
+    scope: Annotated[
+        str, typer.Option(help="plants, inventory, or all (plants and inventory).", case_sensitive=False)
+    ] = "all",
+    direction: Annotated[str, typer.Option(help="pull, push or both.", case_sensitive=False)] = "both",
+    mode: Annotated[
+        str,
+        typer.Option(help="full (reconciliation, lists differences) or incremental.", case_sensitive=False),
+    ] = "full",
+    target: Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")] = (
+        "127.0.0.1:50051"
+    ),
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
+    ] = None,
+    request_id: Annotated[
+        str | None, typer.Option(help="Idempotency key: a retry with the same id follows the same run.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to end.", min=1)] = 3600.0,
+) -> None:
+    """Start a sync run through the API, show its progress until it ends, then a summary.
+
+    A worker (`seedline serve` runs one unless SEEDLINE_RUN_WORKER=false, or `seedline worker`)
+    executes the run. Exit status: 0 when it SUCCEEDED or PARTIALLY_SUCCEEDED, 1 when it FAILED,
+    2 when it could not be started or followed.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from seedline_server import cli_integration as ci
+
+    try:
+        ci.check_choices(scope, direction, mode)
+        name = ci.integration_name(integration, license)
+    except ci.SyncError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    scopes = ci.SCOPES[scope.lower()]
+
+    async def main() -> ci.Outcome:
+        columns = (
+            TextColumn("{task.fields[state]:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("scopes  {task.fields[records]} records"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("sync", total=len(scopes), state="STARTING", records=0)
+
+            def show(run: Any) -> None:
+                progress.update(
+                    task, completed=len(run.counts), state=ci.state_name(run), records=ci.processed(run)
+                )
+
+            return await ci.sync(
+                target,
+                name,
+                scopes=scopes,
+                direction=ci.DIRECTIONS[direction.lower()],
+                mode=ci.MODES[mode.lower()],
+                token=token,
+                request_id=request_id,
+                wait_at_most=timeout,
+                on_progress=show,
+            )
+
+    try:
+        outcome = asyncio.run(main())
+    except ci.SyncError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    out = Console(soft_wrap=True, highlight=False)
+    for line in ci.describe(outcome):
+        out.print(line, markup=False)
+    if outcome.failed:
+        raise typer.Exit(1)
