@@ -741,3 +741,62 @@ def integration_sync(
         out.print(line, markup=False)
     if outcome.failed:
         raise typer.Exit(1)
+
+
+@keys_app.command("list")
+def api_key_list(
+    license: Annotated[
+        str | None, typer.Option(help="Only keys acting on this license (`licenses/ID` or ID).")
+    ] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Also revoked and expired keys.")] = False,
+) -> None:
+    """List API keys (name, what for, licenses, scopes, expiry, state); never their secrets.
+
+    A table on a terminal; tab-separated lines (with a header line) when piped.
+    """
+    import sys
+
+    from rich.table import Table
+
+    from seedline_server import cli_api_keys
+    from seedline_server.service.context import CallContext
+    from seedline_server.service.uow import now
+
+    settings = _settings()
+    url, started = _database(settings)
+    operator = _operator()
+    license_id = license.removeprefix("licenses/") if license else None
+    at = now()
+
+    async def work(database: Any) -> list[cli_api_keys.KeyLine]:
+        async def run(uow: Any) -> list[cli_api_keys.KeyLine]:
+            return await cli_api_keys.list_keys(uow, license_id, at, everything=everything)
+
+        return await database.read(CallContext(operator.principal, "seedline.cli.ListApiKeys"), run)  # type: ignore[no-any-return]
+
+    try:
+        keys = asyncio.run(_with_database(url, work))
+    finally:
+        _stop_embedded(settings, started)
+    header = ("name", "display name", "licenses", "scopes", "expires", "last used", "state")
+    rows = [
+        (
+            k.name,
+            k.display_name,
+            " ".join(f"licenses/{lic}" for lic in k.licenses),
+            " ".join(k.scopes),
+            k.expire_time.isoformat(timespec="seconds"),
+            k.last_use_time.isoformat(timespec="seconds") if k.last_use_time else "never",
+            k.state(at),
+        )
+        for k in keys
+    ]
+    if sys.stdout.isatty():
+        table = Table(*header)
+        for row in rows:
+            table.add_row(*row)
+        Console(soft_wrap=True, highlight=False).print(table)
+    else:  # piped: one tab-separated line per key, for scripts
+        for row in [header, *rows]:
+            typer.echo("\t".join(row))
+    typer.echo(f"{len(keys)} key(s)", err=True)
