@@ -800,3 +800,72 @@ def api_key_list(
         for row in [header, *rows]:
             typer.echo("\t".join(row))
     typer.echo(f"{len(keys)} key(s)", err=True)
+
+
+import_app = typer.Typer(help="Import records from other systems.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("openthc")
+def import_openthc(
+    paths: Annotated[
+        list[Path], typer.Argument(help="OpenTHC JSON files, or folders searched for *.json.", exists=True)
+    ],
+    jurisdiction: Annotated[
+        str | None, typer.Option(help="ISO 3166-2 code for imported licenses (e.g. US-WA); OpenTHC has none.")
+    ] = None,
+    license_type: Annotated[
+        str | None,
+        typer.Option(
+            help="License type when an OpenTHC license type names none Seedline knows (grower, ...)."
+        ),
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option(help="Keeps imports of the same OpenTHC ids by different tenants apart.")
+    ] = "",
+    target: Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")] = (
+        "127.0.0.1:50051"
+    ),
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
+    ] = None,
+) -> None:
+    """Import OpenTHC companies, licenses, sections, varieties, products, plants and inventory.
+
+    The kind comes from the file name (company.json, varieties.json, ...) or its folder. Each
+    object is created through the API with a request id derived from its OpenTHC id, so
+    importing again creates no duplicates. Bad objects are reported (file[index] field: message)
+    and the rest are imported. Exit status 1 when any object or file failed.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from seedline_server import openthc_import, openthc_mapping
+
+    kind = None
+    if license_type is not None:
+        kind = openthc_mapping.LICENSE_TYPES.get(license_type.lower())
+        if kind is None:
+            console.print(f"[red]--license-type must be one of {', '.join(openthc_mapping.LICENSE_TYPES)}[/]")
+            raise typer.Exit(2)
+    options = openthc_mapping.Options(jurisdiction=jurisdiction, license_type=kind, namespace=namespace)
+
+    async def main() -> openthc_import.Report:
+        columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("import", total=None)
+            return await openthc_import.import_paths(
+                target,
+                paths,
+                options,
+                token=token,
+                on_total=lambda n: progress.update(task, total=n),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+
+    report = asyncio.run(main())
+    out = Console(soft_wrap=True, highlight=False)
+    for line in openthc_import.describe(report):
+        out.print(line, markup=False)
+    if report.errors:
+        raise typer.Exit(1)
