@@ -244,6 +244,7 @@ def dev(
     if settings.integration_ca_file is None:
         # Connectors trust the dev CA, which signed the fakes' certificate.
         settings = settings.model_copy(update={"integration_ca_file": pki.ca_cert})
+    settings, token_file = _dev_credentials(settings)
     running_fakes = _start_fakes(pki, settings.data_dir / "fakes") if fakes else []
     descriptor = REPO / "gen" / "seedline.protoset"
     envoy = edge.EnvoyProcess(admin_port=settings.envoy_admin_port, inherit_stdout=False)
@@ -273,13 +274,17 @@ def dev(
   REST (Envoy, mutual TLS)  {rest}
   Envoy admin               http://127.0.0.1:{settings.envoy_admin_port}
   PostgreSQL                {database}
+  Admin token (dev only)    {token_file or "SEEDLINE_JWT_SECRET is set: mint your own"}
 
 Try:
+  export SEEDLINE_TOKEN=$(cat {token_file or "<your token file>"})
   .venv/bin/grpcurl -plaintext {grpc_addr} list
-  .venv/bin/grpcurl -plaintext -d '{{"company": {{"display_name": "Acme Farms"}}}}' \\
+  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $SEEDLINE_TOKEN" \\
+      -d '{{"company": {{"display_name": "Acme Farms"}}}}' \\
       {grpc_addr} seedline.license.v1.LicenseService/CreateCompany
   curl --cacert {pki.ca_cert} --cert {pki.partner_cert} --key {pki.partner_key} \\
-      {rest}/v1/companies
+      -H "authorization: Bearer $SEEDLINE_TOKEN" {rest}/v1/companies
+More, one per service, in README.md.
 """
         )
         for name, _proc, base, hint in running_fakes:
@@ -869,3 +874,18 @@ def import_openthc(
         out.print(line, markup=False)
     if report.errors:
         raise typer.Exit(1)
+
+
+def _dev_credentials(settings: Settings) -> tuple[Settings, Path | None]:
+    """For `seedline dev` without SEEDLINE_JWT_SECRET: trust a persisted dev secret, write an admin token."""
+    from pydantic import SecretStr
+
+    from seedline_server import dev_auth
+
+    if settings.jwt_secret is not None:
+        return settings, None
+    secret = dev_auth.jwt_secret(settings.data_dir)
+    token = dev_auth.write_admin_token(
+        settings.data_dir, secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    return settings.model_copy(update={"jwt_secret": SecretStr(secret)}), token
