@@ -841,7 +841,8 @@ def import_openthc(
     The kind comes from the file name (company.json, varieties.json, ...) or its folder. Each
     object is created through the API with a request id derived from its OpenTHC id, so
     importing again creates no duplicates. Bad objects are reported (file[index] field: message)
-    and the rest are imported. Exit status 1 when any object or file failed.
+    and the rest are imported. Exit status 1 when any object or file failed, 2 when the server
+    was unavailable (re-run the import later).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -868,7 +869,13 @@ def import_openthc(
                 on_progress=lambda n: progress.advance(task, n),
             )
 
-    report = asyncio.run(main())
+    try:
+        report = asyncio.run(main())
+    except openthc_import.Unavailable as exc:
+        console.print(
+            f"[red]stopped: {exc}[/]\nRe-run the import when the server is back: nothing is imported twice."
+        )
+        raise typer.Exit(2) from None
     out = Console(soft_wrap=True, highlight=False)
     for line in openthc_import.describe(report):
         out.print(line, markup=False)

@@ -28,6 +28,10 @@ from seedline_server import cli_grpc
 from seedline_server import openthc_mapping as m
 
 
+class Unavailable(Exception):
+    """The server could not be reached or is unavailable: the import stopped (re-run it later)."""
+
+
 @dataclass(frozen=True)
 class ObjectError:
     """Why one object (or a whole file, index -1) was not imported."""
@@ -105,13 +109,21 @@ class Importer:
         self.report = Report()
 
     async def run(self, items: list[Item], on_progress: Callable[[int], None] | None = None) -> Report:
-        """Import ``items`` one by one; errors are recorded per object."""
+        """Import ``items`` one by one; errors are recorded per object.
+
+        Raises:
+            Unavailable: the server is unreachable or unavailable (what was imported stays).
+
+        """
         for item in items:
             try:
                 await self._one(item)
             except m.Invalid as exc:
                 self.report.errors.append(ObjectError(item.file, item.index, exc.field, exc.message))
             except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    # The server (or its database) is down: every other object would fail alike.
+                    raise Unavailable(cli_grpc.describe_error(err)) from None
                 violations = cli_grpc.field_violations(err)
                 if violations:
                     self.report.errors.extend(
@@ -155,9 +167,8 @@ class Importer:
                 )
             ).name
         elif item.kind == "license":
-            company_id = (
-                (obj.get("company") or {}).get("id") if isinstance(obj.get("company"), dict) else None
-            )
+            inner = obj.get("company")
+            company_id = inner.get("id") if isinstance(inner, dict) else None
             company = refs.names.get(("company", company_id)) if isinstance(company_id, str) else None
             request = m.license_request(
                 obj, company or "companies/" + "0" * 26, self._options

@@ -143,3 +143,17 @@ def test_a_malformed_object_is_reported_and_the_others_are_imported(
     assert held["plants"] == ["Alpha 1", "Alpha 2"]
     assert held["varieties"] == ["Variety Alpha"]
     assert held["lots"] == []
+
+
+def test_an_unreachable_server_stops_the_import_with_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder, _code = examples(tmp_path)
+    args = ["import", "openthc", str(folder), "--jurisdiction", "US-WA", "--target", f"127.0.0.1:{port}"]
+    result = CliRunner().invoke(app, args, env={"SEEDLINE_TOKEN": "x"})
+    assert result.exit_code == 2, result.output
+    assert "UNAVAILABLE" in result.output
+    assert "Re-run the import" in result.output
