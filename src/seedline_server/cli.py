@@ -250,6 +250,7 @@ def dev(
     if settings.integration_ca_file is None:
         # Connectors trust the dev CA, which signed the fakes' certificate.
         settings = settings.model_copy(update={"integration_ca_file": pki.ca_cert})
+    settings, token_file = _dev_credentials(settings)
     running_fakes = _start_fakes(pki, settings.data_dir / "fakes") if fakes else []
     descriptor = REPO / "gen" / "seedline.protoset"
     envoy = edge.EnvoyProcess(admin_port=settings.envoy_admin_port, inherit_stdout=False)
@@ -279,13 +280,17 @@ def dev(
   REST (Envoy, mutual TLS)  {rest}
   Envoy admin               http://127.0.0.1:{settings.envoy_admin_port}
   PostgreSQL                {database}
+  Admin token (dev only)    {token_file or "SEEDLINE_JWT_SECRET is set: mint your own"}
 
 Try:
+  export SEEDLINE_TOKEN=$(cat {token_file or "<your token file>"})
   .venv/bin/grpcurl -plaintext {grpc_addr} list
-  .venv/bin/grpcurl -plaintext -d '{{"company": {{"display_name": "Acme Farms"}}}}' \\
+  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $SEEDLINE_TOKEN" \\
+      -d '{{"company": {{"display_name": "Acme Farms"}}}}' \\
       {grpc_addr} seedline.license.v1.LicenseService/CreateCompany
   curl --cacert {pki.ca_cert} --cert {pki.partner_cert} --key {pki.partner_key} \\
-      {rest}/v1/companies
+      -H "authorization: Bearer $SEEDLINE_TOKEN" {rest}/v1/companies
+More, one per service, in README.md.
 """
         )
         for name, _proc, base, hint in running_fakes:
@@ -665,3 +670,243 @@ def telemetry_simulate(
         out.print(line, markup=False)
     if summary.errors:
         raise typer.Exit(1)
+
+
+integration_app = typer.Typer(
+    help="Integrations with state systems, labs and webhooks.", no_args_is_help=True
+)
+app.add_typer(integration_app, name="integration")
+
+
+@integration_app.command("sync")
+def integration_sync(
+    integration: Annotated[
+        str, typer.Argument(help="`licenses/L/integrations/I`, or the integration id with --license.")
+    ],
+    license: Annotated[str | None, typer.Option(help="The license, when INTEGRATION is an id.")] = None,
+    scope: Annotated[
+        str, typer.Option(help="plants, inventory, or all (plants and inventory).", case_sensitive=False)
+    ] = "all",
+    direction: Annotated[str, typer.Option(help="pull, push or both.", case_sensitive=False)] = "both",
+    mode: Annotated[
+        str,
+        typer.Option(help="full (reconciliation, lists differences) or incremental.", case_sensitive=False),
+    ] = "full",
+    target: Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")] = (
+        "127.0.0.1:50051"
+    ),
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
+    ] = None,
+    request_id: Annotated[
+        str | None, typer.Option(help="Idempotency key: a retry with the same id follows the same run.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to end.", min=1)] = 3600.0,
+) -> None:
+    """Start a sync run through the API, show its progress until it ends, then a summary.
+
+    A worker (`seedline serve` runs one unless SEEDLINE_RUN_WORKER=false, or `seedline worker`)
+    executes the run. Exit status: 0 when it SUCCEEDED or PARTIALLY_SUCCEEDED, 1 when it FAILED,
+    2 when it could not be started or followed.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from seedline_server import cli_integration as ci
+
+    try:
+        ci.check_choices(scope, direction, mode)
+        name = ci.integration_name(integration, license)
+    except ci.SyncError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    scopes = ci.SCOPES[scope.lower()]
+
+    async def main() -> ci.Outcome:
+        columns = (
+            TextColumn("{task.fields[state]:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("scopes  {task.fields[records]} records"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("sync", total=len(scopes), state="STARTING", records=0)
+
+            def show(run: Any) -> None:
+                progress.update(
+                    task, completed=len(run.counts), state=ci.state_name(run), records=ci.processed(run)
+                )
+
+            return await ci.sync(
+                target,
+                name,
+                scopes=scopes,
+                direction=ci.DIRECTIONS[direction.lower()],
+                mode=ci.MODES[mode.lower()],
+                token=token,
+                request_id=request_id,
+                wait_at_most=timeout,
+                on_progress=show,
+            )
+
+    try:
+        outcome = asyncio.run(main())
+    except ci.SyncError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    out = Console(soft_wrap=True, highlight=False)
+    for line in ci.describe(outcome):
+        out.print(line, markup=False)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@keys_app.command("list")
+def api_key_list(
+    license: Annotated[
+        str | None, typer.Option(help="Only keys acting on this license (`licenses/ID` or ID).")
+    ] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Also revoked and expired keys.")] = False,
+) -> None:
+    """List API keys (name, what for, licenses, scopes, expiry, state); never their secrets.
+
+    A table on a terminal; tab-separated lines (with a header line) when piped.
+    """
+    import sys
+
+    from rich.table import Table
+
+    from seedline_server import cli_api_keys
+    from seedline_server.service.context import CallContext
+    from seedline_server.service.uow import now
+
+    settings = _settings()
+    url, started = _database(settings)
+    operator = _operator()
+    license_id = license.removeprefix("licenses/") if license else None
+    at = now()
+
+    async def work(database: Any) -> list[cli_api_keys.KeyLine]:
+        async def run(uow: Any) -> list[cli_api_keys.KeyLine]:
+            return await cli_api_keys.list_keys(uow, license_id, at, everything=everything)
+
+        return await database.read(CallContext(operator.principal, "seedline.cli.ListApiKeys"), run)  # type: ignore[no-any-return]
+
+    try:
+        keys = asyncio.run(_with_database(url, work))
+    finally:
+        _stop_embedded(settings, started)
+    header = ("name", "display name", "licenses", "scopes", "expires", "last used", "state")
+    rows = [
+        (
+            k.name,
+            k.display_name,
+            " ".join(f"licenses/{lic}" for lic in k.licenses),
+            " ".join(k.scopes),
+            k.expire_time.isoformat(timespec="seconds"),
+            k.last_use_time.isoformat(timespec="seconds") if k.last_use_time else "never",
+            k.state(at),
+        )
+        for k in keys
+    ]
+    if sys.stdout.isatty():
+        table = Table(*header)
+        for row in rows:
+            table.add_row(*row)
+        Console(soft_wrap=True, highlight=False).print(table)
+    else:  # piped: one tab-separated line per key, for scripts
+        for row in [header, *rows]:
+            typer.echo("\t".join(row))
+    typer.echo(f"{len(keys)} key(s)", err=True)
+
+
+import_app = typer.Typer(help="Import records from other systems.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("openthc")
+def import_openthc(
+    paths: Annotated[
+        list[Path], typer.Argument(help="OpenTHC JSON files, or folders searched for *.json.", exists=True)
+    ],
+    jurisdiction: Annotated[
+        str | None, typer.Option(help="ISO 3166-2 code for imported licenses (e.g. US-WA); OpenTHC has none.")
+    ] = None,
+    license_type: Annotated[
+        str | None,
+        typer.Option(
+            help="License type when an OpenTHC license type names none Seedline knows (grower, ...)."
+        ),
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option(help="Keeps imports of the same OpenTHC ids by different tenants apart.")
+    ] = "",
+    target: Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")] = (
+        "127.0.0.1:50051"
+    ),
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
+    ] = None,
+) -> None:
+    """Import OpenTHC companies, licenses, sections, varieties, products, plants and inventory.
+
+    The kind comes from the file name (company.json, varieties.json, ...) or its folder. Each
+    object is created through the API with a request id derived from its OpenTHC id, so
+    importing again creates no duplicates. Bad objects are reported (file[index] field: message)
+    and the rest are imported. Exit status 1 when any object or file failed, 2 when the server
+    was unavailable (re-run the import later).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from seedline_server import openthc_import, openthc_mapping
+
+    kind = None
+    if license_type is not None:
+        kind = openthc_mapping.LICENSE_TYPES.get(license_type.lower())
+        if kind is None:
+            console.print(f"[red]--license-type must be one of {', '.join(openthc_mapping.LICENSE_TYPES)}[/]")
+            raise typer.Exit(2)
+    options = openthc_mapping.Options(jurisdiction=jurisdiction, license_type=kind, namespace=namespace)
+
+    async def main() -> openthc_import.Report:
+        columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("import", total=None)
+            return await openthc_import.import_paths(
+                target,
+                paths,
+                options,
+                token=token,
+                on_total=lambda n: progress.update(task, total=n),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+
+    try:
+        report = asyncio.run(main())
+    except openthc_import.Unavailable as exc:
+        console.print(
+            f"[red]stopped: {exc}[/]\nRe-run the import when the server is back: nothing is imported twice."
+        )
+        raise typer.Exit(2) from None
+    out = Console(soft_wrap=True, highlight=False)
+    for line in openthc_import.describe(report):
+        out.print(line, markup=False)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def _dev_credentials(settings: Settings) -> tuple[Settings, Path | None]:
+    """For `seedline dev` without SEEDLINE_JWT_SECRET: trust a persisted dev secret, write an admin token."""
+    from pydantic import SecretStr
+
+    from seedline_server import dev_auth
+
+    if settings.jwt_secret is not None:
+        return settings, None
+    secret = dev_auth.jwt_secret(settings.data_dir)
+    token = dev_auth.write_admin_token(
+        settings.data_dir, secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    return settings.model_copy(update={"jwt_secret": SecretStr(secret)}), token
