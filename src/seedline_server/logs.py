@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from seedline_server.crypto import REDACTED, Secret
+from seedline_server.observability.logcontext import add_trace_context
 
 # Keys whose values never reach a log line: secrets, passwords, tokens, credentials, API keys,
 # authorization headers (``api_key``, ``apiKey``, ``x-api-key``, ``webhook_secret``, ...).
@@ -58,6 +59,7 @@ def configure(fmt: str = "console", level: str = "info") -> None:
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        add_trace_context,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
     ]
