@@ -53,8 +53,13 @@ def redact_secrets(
 def configure(fmt: str = "console", level: str = "info") -> None:
     """Configure structlog and the stdlib root logger once."""
     lvl = getattr(logging, level.upper())
+    # Plain tracebacks in the console too: rich's, with every frame's locals, take seconds each
+    # (a database outage, when every background loop logs one, stalls the event loop) and print
+    # local variables (credentials among them) that redact_secrets never sees.
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -305,6 +305,7 @@ def test_log_lines_carry_trace_span_and_request_id(
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        structlog.reset_defaults()
     inside = next(line for line in lines if line["event"] == "inside")
     assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert inside["span_id"] == format(span.get_span_context().span_id, "016x")

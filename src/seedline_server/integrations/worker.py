@@ -220,9 +220,15 @@ class OutboxWorker:
         listener = asyncio.create_task(self._listen(stop))
         try:
             while not stop.is_set():
-                await self._probe_half_open()
                 room = self.settings.concurrency - len(self._inflight)
-                jobs = await self._claim(min(room, self.settings.batch)) if room > 0 else []
+                try:
+                    await self._probe_half_open()
+                    jobs = await self._claim(min(room, self.settings.batch)) if room > 0 else []
+                except Exception as exc:  # the database went away: keep polling until it is back
+                    log.warning("outbox claim failed", error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self.settings.idle_poll)
+                    continue
                 for job in jobs:
                     task = asyncio.create_task(self._deliver(job))
                     self._inflight.add(task)
