@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from seedline_server.domain.errors import CredentialsInvalid, CredentialsMissing, DomainError, RateLimited
@@ -91,30 +93,40 @@ class _Call:
             self.attrs["seedline.request_id"] = self.rid
         self.started = 0.0
 
-    def span(self) -> Any:
-        t = self.telemetry
-        parent = propagate.extract(self.metadata) if "traceparent" in self.metadata else None
-        self.started = time.perf_counter()
-        return t.tracer.start_as_current_span(
-            self.span_name,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes=self.attrs,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+    def begin(self) -> tuple[trace.Span | None, Token[Context] | None]:
+        """Start the span and make it current (attach/detach by hand: cheaper than a context manager).
 
-    def finish(self, span: trace.Span, code: str) -> None:
+        No span at all when tracing is off and the caller sent no ``traceparent``; with one, a
+        non-recording span carries the caller's context to logs and outbound calls.
+        """
+        self.started = time.perf_counter()
         t = self.telemetry
-        if span.is_recording():
-            span.set_attribute("rpc.grpc.status_code", code)
-            if code != "OK":
-                span.set_status(Status(StatusCode.ERROR, code))
+        traced = "traceparent" in self.metadata
+        if not t.tracing and not traced:
+            return None, None
+        parent = propagate.extract(self.metadata) if traced else None
+        span = t.tracer.start_span(
+            self.span_name, context=parent, kind=SpanKind.SERVER, attributes=self.attrs
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+    def end(self, span: trace.Span | None, token: Token[Context] | None, code: str) -> None:
+        """Record the status on the span and the metrics; end and detach the span."""
+        t = self.telemetry
         if t.metering:
             labels = {"rpc.method": self.method, "rpc.grpc.status_code": code}
             t.rpc_duration.record(time.perf_counter() - self.started, labels)
             if code != "OK":
                 t.rpc_errors.add(1, labels)
+        if span is None:
+            return
+        if span.is_recording():
+            span.set_attribute("rpc.grpc.status_code", code)
+            if code != "OK":
+                span.set_status(Status(StatusCode.ERROR, code))
+        span.end()
+        if token is not None:
+            otel_context.detach(token)
 
 
 class TracingInterceptor(grpc.aio.ServerInterceptor):
@@ -167,38 +179,34 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     def _unary(inner: Any, call: _Call) -> Any:
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            token = _request_id.set(call.rid)
+            rid = _request_id.set(call.rid)
+            span, token = call.begin()
+            failure: BaseException | None = None
             try:
-                with call.span() as span:
-                    failure: BaseException | None = None
-                    try:
-                        return await inner(request, context)
-                    except BaseException as exc:
-                        failure = exc
-                        raise
-                    finally:
-                        call.finish(span, _code_of(context, failure))
+                return await inner(request, context)
+            except BaseException as exc:
+                failure = exc
+                raise
             finally:
-                _request_id.reset(token)
+                call.end(span, token, _code_of(context, failure))
+                _request_id.reset(rid)
 
         return behavior
 
     @staticmethod
     def _stream(inner: Any, call: _Call) -> Any:
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            token = _request_id.set(call.rid)
+            rid = _request_id.set(call.rid)
+            span, token = call.begin()
+            failure: BaseException | None = None
             try:
-                with call.span() as span:
-                    failure: BaseException | None = None
-                    try:
-                        async for item in inner(request, context):
-                            yield item
-                    except BaseException as exc:
-                        failure = exc
-                        raise
-                    finally:
-                        call.finish(span, _code_of(context, failure))
+                async for item in inner(request, context):
+                    yield item
+            except BaseException as exc:
+                failure = exc
+                raise
             finally:
-                _request_id.reset(token)
+                call.end(span, token, _code_of(context, failure))
+                _request_id.reset(rid)
 
         return behavior
