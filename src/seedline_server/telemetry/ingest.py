@@ -648,7 +648,7 @@ class IngestPipeline:
                         DependencyUnavailable("the readings could not be committed; resend the batch")
                     )
             return
-        hooks.readings_committed(n)
+        hooks.readings_committed(sum(len(b) for b in batches if not b.replayed))  # replays wrote nothing
         committed = _Committed()
         for j in group:
             b = j.batch
