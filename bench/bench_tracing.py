@@ -4,7 +4,9 @@ Run: ``.venv/bin/python bench/bench_tracing.py [--calls 3000] [--rounds 5]``. On
 ``Empty -> Empty`` behind the real CallInterceptor, with:
 
 * ``none``: no tracing interceptor (the server before observability);
-* ``disabled``: the tracing interceptor with no exporter configured (the default);
+* ``disabled``: the tracing interceptor with no exporter configured (the default), calls
+  without ``x-request-id`` (the handler is passed through);
+* ``disabled+rid``: the same, calls with ``x-request-id`` (wrapped to keep it for the logs);
 * ``traces+metrics``: spans recorded by the SDK and batched to an exporter that drops them, and
   the RPC histogram and error counter recorded (what an OTLP or Prometheus setup pays);
 
@@ -66,7 +68,7 @@ def _server(tracing: TracingInterceptor | None) -> tuple[grpc.aio.Server, int]:
     return server, server.add_insecure_port("127.0.0.1:0")
 
 
-async def _time(port: int, calls: int) -> list[float]:
+async def _time(port: int, calls: int, metadata: tuple[tuple[str, str], ...]) -> list[float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = channel.unary_unary(
             "/bench.v1.B/Ok",
@@ -78,7 +80,7 @@ async def _time(port: int, calls: int) -> list[float]:
         out = []
         for _ in range(calls):
             t0 = time.perf_counter()
-            await stub(empty_pb2.Empty(), metadata=(("x-request-id", "bench"),))
+            await stub(empty_pb2.Empty(), metadata=metadata)
             out.append(time.perf_counter() - t0)
         return out
 
@@ -88,24 +90,26 @@ async def main(calls: int, rounds: int) -> None:
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
     enabled = Telemetry(tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    rid = (("x-request-id", "bench"),)
     configs = {
-        "none": None,
-        "disabled": TracingInterceptor(Telemetry()),
-        "traces+metrics": TracingInterceptor(enabled),
+        "none": (None, rid),
+        "disabled": (TracingInterceptor(Telemetry()), ()),
+        "disabled+rid": (TracingInterceptor(Telemetry()), rid),
+        "traces+metrics": (TracingInterceptor(enabled), rid),
     }
     servers = {}
-    for name, tracing in configs.items():
+    for name, (tracing, metadata) in configs.items():
         server, port = _server(tracing)
         await server.start()
-        servers[name] = (server, port)
+        servers[name] = (server, port, metadata)
     means: dict[str, list[float]] = {n: [] for n in configs}
     every: dict[str, list[float]] = {n: [] for n in configs}
     for _ in range(rounds):
-        for name, (_srv, port) in servers.items():
-            samples = await _time(port, calls)
+        for name, (_srv, port, metadata) in servers.items():
+            samples = await _time(port, calls, metadata)
             means[name].append(statistics.fmean(samples))
             every[name].extend(samples)
-    for server, _port in servers.values():
+    for server, _port, _metadata in servers.values():
         await server.stop(0)
     tracer_provider.shutdown()
     base = statistics.median(means["none"])
