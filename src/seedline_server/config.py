@@ -211,8 +211,8 @@ class Settings(BaseSettings):
     )
     otel_service_name: str | None = Field(
         default=None,
-        description="service.name of exported traces and metrics; default seedline-server, seedline-worker "
-        "or seedline-mqtt-bridge by command.",
+        description="service.name of exported traces and metrics; unset: the standard OTEL_SERVICE_NAME, "
+        "else seedline-server, seedline-worker or seedline-mqtt-bridge by command.",
     )
     otel_traces_sample_ratio: float = Field(
         default=1.0,

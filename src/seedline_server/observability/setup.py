@@ -59,14 +59,16 @@ def configure(settings: Settings, *, service: str, console: bool | None = None) 
 
     Args:
         settings: The process's settings.
-        service: ``service.name`` of the resource unless ``SEEDLINE_OTEL_SERVICE_NAME`` is set
-            (``seedline-server``, ``seedline-worker``, ``seedline-mqtt-bridge``).
+        service: ``service.name`` of the resource unless ``SEEDLINE_OTEL_SERVICE_NAME`` or the
+            standard ``OTEL_SERVICE_NAME`` is set (``seedline-server``, ``seedline-worker``,
+            ``seedline-mqtt-bridge``).
         console: Print spans to stdout; default ``settings.otel_console``.
 
     """
     endpoint = otlp_endpoint(settings)
     console = settings.otel_console if console is None else console
-    resource = Resource.create({"service.name": settings.otel_service_name or service})
+    name = settings.otel_service_name or os.environ.get("OTEL_SERVICE_NAME") or service
+    resource = Resource.create({"service.name": name})
     configured = Configured(Telemetry())
     tracer_provider: TracerProvider | None = None
     if endpoint or console:
