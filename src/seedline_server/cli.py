@@ -25,6 +25,13 @@ def _settings() -> Settings:
     return settings
 
 
+def _observe(settings: Settings, service: str, *, console: bool | None = None) -> None:
+    """Install the configured trace and metric exporters for this process (docs/observability.md)."""
+    from seedline_server.observability.setup import configure
+
+    configure(settings, service=service, console=console)
+
+
 def _embedded_dir(settings: Settings) -> Path:
     return (settings.data_dir / "postgres").resolve()
 
@@ -71,6 +78,7 @@ def serve(
     try:
         if workers == 1:
             dev = settings.database_url is None or os.environ.get(_DEV_CHILD) == "1"
+            _observe(settings, "seedline-server")
             asyncio.run(server.serve(settings, url, dev=dev))
         else:
             _serve_processes(settings, url, workers)
@@ -100,7 +108,12 @@ def _serve_processes(settings: Settings, url: str, workers: int) -> None:
     if settings.database_url is None:
         env[_DEV_CHILD] = "1"
     argv = [sys.executable, "-c", "from seedline_server.cli import app; app()", "serve", "--workers", "1"]
-    children = [subprocess.Popen(argv, env=env) for _ in range(workers)]
+    # Each process serves its own scrape endpoint: port, port + 1, ...
+    port = settings.metrics_port
+    children = [
+        subprocess.Popen(argv, env=dict(env, SEEDLINE_METRICS_PORT=str(port + i if port else 0)))
+        for i in range(workers)
+    ]
     console.print(f"{workers} server processes: {', '.join(str(c.pid) for c in children)}")
 
     def forward(signum: int, _frame: object) -> None:
@@ -145,6 +158,7 @@ def worker(
 
     settings = _settings()
     url, started = _database(settings)
+    _observe(settings, "seedline-worker")
 
     async def main() -> None:
         await db.migrate(url)
@@ -188,6 +202,7 @@ def mqtt_bridge() -> None:
     settings = _settings()
     mqtt = MqttBridgeSettings()
     url, started = _database(settings)
+    _observe(settings, "seedline-mqtt-bridge")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -239,6 +254,10 @@ def dev(
             help="Also start the local fake METRC, BioTrackTHC, LIMS and webhook receiver (TLS, loopback).",
         ),
     ] = True,
+    trace_console: Annotated[
+        bool,
+        typer.Option("--trace-console", help="Print every span to stdout (also SEEDLINE_OTEL_CONSOLE=true)."),
+    ] = False,
 ) -> None:
     """Start the whole local stack: embedded PostgreSQL, migrations, gRPC server and Envoy."""
     from seedline_server import edge, server
@@ -252,6 +271,7 @@ def dev(
         settings = settings.model_copy(update={"integration_ca_file": pki.ca_cert})
     settings, token_file = _dev_credentials(settings)
     running_fakes = _start_fakes(pki, settings.data_dir / "fakes") if fakes else []
+    _observe(settings, "seedline-server", console=trace_console or settings.otel_console)
     descriptor = REPO / "gen" / "seedline.protoset"
     envoy = edge.EnvoyProcess(admin_port=settings.envoy_admin_port, inherit_stdout=False)
 

@@ -203,6 +203,42 @@ class Settings(BaseSettings):
     telemetry_sensor_cache_seconds: float = Field(
         default=5.0, ge=0, description="Telemetry: how long a sensor looked up for ingest is reused."
     )
+    # Observability (docs/observability.md).
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP base URL (e.g. http://collector:4318) for traces and metrics; unset: the "
+        "standard OTEL_EXPORTER_OTLP_ENDPOINT, and if that is unset too, no OTLP export.",
+    )
+    otel_service_name: str | None = Field(
+        default=None,
+        description="service.name of exported traces and metrics; unset: the standard OTEL_SERVICE_NAME, "
+        "else seedline-server, seedline-worker or seedline-mqtt-bridge by command.",
+    )
+    otel_traces_sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces recorded (a caller's sampled traceparent is always followed).",
+    )
+    otel_metric_export_interval_seconds: int = Field(
+        default=15, ge=1, description="How often metrics are pushed over OTLP."
+    )
+    otel_console: bool = Field(
+        default=False, description="Print spans to stdout (development; `seedline dev --trace-console`)."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the Prometheus scrape endpoint (/metrics)."
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus scrape endpoint; 0 = off. `serve --workers N` gives process i "
+        "port + i.",
+    )
+    outbox_gauge_interval_seconds: float = Field(
+        default=15.0, gt=0, description="How often the outbox lag / dead-letter / breaker gauges are sampled."
+    )
 
     def sqlalchemy_url(self, embedded_url: str | None = None) -> str:
         """The asyncpg URL to use: DATABASE_URL normalised, or the embedded server's."""

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from seedline_server.crypto import REDACTED, Secret
+from seedline_server.observability.logcontext import add_trace_context
 
 # Keys whose values never reach a log line: secrets, passwords, tokens, credentials, API keys,
 # authorization headers (``api_key``, ``apiKey``, ``x-api-key``, ``webhook_secret``, ...).
@@ -52,17 +53,28 @@ def redact_secrets(
 def configure(fmt: str = "console", level: str = "info") -> None:
     """Configure structlog and the stdlib root logger once."""
     lvl = getattr(logging, level.upper())
+    # Plain tracebacks in the console too: rich's, with every frame's locals, take seconds each
+    # (a database outage, when every background loop logs one, stalls the event loop) and print
+    # local variables (credentials among them) that redact_secrets never sees.
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        add_trace_context,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
     ]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Level first: a debug line at level info costs a method call, not the whole chain.
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

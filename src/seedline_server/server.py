@@ -47,6 +47,7 @@ from seedline_server.api.telemetry import TelemetryServicer
 from seedline_server.config import Settings
 from seedline_server.crypto import KeyRing
 from seedline_server.integrations.runtime import build_runtime
+from seedline_server.observability.rpc import TracingInterceptor
 from seedline_server.service import transfers
 from seedline_server.service.context import CallContext, Principal
 from seedline_server.service.identity import Authenticator, JwtVerifier
@@ -120,21 +121,34 @@ class Running:
         log.info("server stopped")
 
 
+_INTEGRATIONS = "seedline.integration.v1.IntegrationService"
+_SERVING, _NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 async def _watch_database(
-    engine: AsyncEngine, servicer: health.aio.HealthServicer, names: list[str], period: float
+    engine: AsyncEngine,
+    servicer: health.aio.HealthServicer,
+    names: list[str],
+    period: float,
+    worker: asyncio.Task[None] | None = None,
 ) -> None:
-    """Per-service health follows the database: NOT_SERVING while it does not answer."""
-    last: bool | None = None
+    """Per-service health follows the database: NOT_SERVING while it does not answer.
+
+    With an in-process integrations ``worker``, IntegrationService is also NOT_SERVING once that
+    task has ended (crashed) while the server runs: its deliveries would wait for nobody.
+    """
+    last: tuple[bool, bool] | None = None
     while True:
         ok = await store_db.ping(engine)
-        if ok != last:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
+        worker_ok = worker is None or not worker.done()
+        if (ok, worker_ok) != last:
             for name in ["", *names]:
-                await servicer.set(name, status)
-            log.info("health", database="up" if ok else "down")
-            last = ok
+                up = ok and (worker_ok or name != _INTEGRATIONS)
+                await servicer.set(name, _SERVING if up else _NOT_SERVING)
+            log.info("health", database="up" if ok else "down", worker="up" if worker_ok else "ended")
+            if worker is not None and worker.done() and not worker.cancelled() and worker.exception():
+                log.error("integrations worker ended", exc_info=worker.exception())
+            last = (ok, worker_ok)
         await asyncio.sleep(period)
 
 
@@ -227,13 +241,14 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
     def build(trust_forwarded: bool) -> grpc.aio.Server:
         server = grpc.aio.server(
             interceptors=[
+                TracingInterceptor(),  # outermost: its span and status cover everything below
                 CallInterceptor(
                     trust_forwarded=trust_forwarded,
                     authenticator=authenticator,
                     rules=rules,
                     # Envoy limits the edge listener per partner; direct callers get buckets here.
                     limits=None if trust_forwarded else direct_limits,
-                )
+                ),
             ],
             # Room for the largest request: an 8 MiB certificate of analysis plus its fields.
             options=[
@@ -269,15 +284,23 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
         await health_servicer.set(
             name, health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-    running.tasks.append(
-        asyncio.create_task(_watch_database(engine, health_servicer, names, settings.health_interval_seconds))
-    )
     running.tasks.append(asyncio.create_task(_depart_due(database, settings.health_interval_seconds)))
     if settings.run_worker:
         worker_engine = store_db.make_engine(database_url, pool_size=min(20, settings.outbox_concurrency))
         runtime = build_runtime(settings, worker_engine, keyring)
         stop_worker = asyncio.Event()
         running.worker = (stop_worker, asyncio.create_task(runtime.run(stop_worker)), worker_engine)
+    running.tasks.append(
+        asyncio.create_task(
+            _watch_database(
+                engine,
+                health_servicer,
+                names,
+                settings.health_interval_seconds,
+                running.worker[1] if running.worker is not None else None,
+            )
+        )
+    )
     log.info("serving", grpc=f"{settings.grpc_host}:{grpc_port}", edge=f"{settings.edge_host}:{edge_port}")
     return running
 

@@ -227,15 +227,16 @@ def test_connection_urls_name_services_and_their_ports(services: dict[str, dict[
     assert persistence.rstrip("/") in data_targets
 
 
-def test_otel_endpoint_is_the_collectors_otlp_receiver(services: dict[str, dict[str, Any]]) -> None:
+def test_otel_endpoint_is_the_collectors_otlp_http_receiver(services: dict[str, dict[str, Any]]) -> None:
     collector = services["otel-collector"]
     config_arg = next(a for a in collector["command"] if a.startswith("--config="))
     config = yaml.safe_load(_mounted_from(collector, config_arg.removeprefix("--config=")).read_text())
-    grpc_port = int(config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].rsplit(":", 1)[1])
+    # Seedline's exporter speaks OTLP over HTTP/protobuf (observability/setup.py), not gRPC.
+    http_port = int(config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].rsplit(":", 1)[1])
     for name in SEEDLINE_SERVICES:
         endpoint = urlsplit(_env(services[name])["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert endpoint.hostname == "otel-collector"
-        assert endpoint.port == grpc_port
+        assert endpoint.port == http_port
     for pipeline in config["service"]["pipelines"].values():
         for kind in ("receivers", "processors", "exporters"):
             for component in pipeline.get(kind, []):

@@ -34,6 +34,7 @@ from seedline_server.domain.errors import (
     InvalidArgument,
     PermissionDenied,
 )
+from seedline_server.observability.rpc import note_principal, note_refusal
 from seedline_server.service.context import ANONYMOUS, CallContext, Principal
 from seedline_server.service.identity import NOBODY, Authenticator, Identity
 
@@ -287,6 +288,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             who = NOBODY  # public RPCs treat a bad credential as none ("who am I" says anonymous)
         _identity.set(who)
         _current.set(CallContext(principal=who.principal, method=ctx.method, request_id=ctx.request_id))
+        note_principal(who.principal.name)
         if self._limits is not None:
             self._limits.check(who.principal.name)  # per principal (RESOURCE_EXHAUSTED + RetryInfo)
         return rule
@@ -333,6 +335,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         if isinstance(exc, DomainError):
             status = api_errors.to_status(exc)
+            note_refusal(exc, ctx.method)
             log.info("rpc refused", method=ctx.method, reason=exc.reason, message=exc.message)
         else:
             log.exception("rpc failed", method=ctx.method, request_id=ctx.request_id)

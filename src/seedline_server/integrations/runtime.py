@@ -16,6 +16,8 @@ from seedline_server.integrations.registry import Connectors
 from seedline_server.integrations.sync import Scheduler, SyncRunner
 from seedline_server.integrations.transport import Http
 from seedline_server.integrations.worker import OutboxWorker, WorkerSettings
+from seedline_server.observability import instruments as observability
+from seedline_server.observability.outbox_gauges import OutboxGauges
 
 __all__ = ["Runtime", "build_runtime"]
 
@@ -29,12 +31,16 @@ class Runtime:
     worker: OutboxWorker
     runner: SyncRunner
     scheduler: Scheduler | None
+    # Outbox lag, dead letters and breaker states for the metrics (only when metrics are on).
+    gauges: OutboxGauges | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every part until ``stop``; then close outbound connections."""
         parts = [self.worker.run(stop), self.runner.run(stop)]
         if self.scheduler is not None:
             parts.append(self.scheduler.run(stop))
+        if self.gauges is not None:
+            parts.append(self.gauges.run(stop))
         try:
             await asyncio.gather(*parts)
         finally:
@@ -65,4 +71,6 @@ def build_runtime(settings: Settings, engine: AsyncEngine, keyring: KeyRing) -> 
     )
     runner = SyncRunner(engine, connectors)
     scheduler = Scheduler(engine) if settings.schedule_enabled else None
-    return Runtime(http, connectors, worker, runner, scheduler)
+    metering = observability.current().metering
+    gauges = OutboxGauges(engine, settings.outbox_gauge_interval_seconds) if metering else None
+    return Runtime(http, connectors, worker, runner, scheduler, gauges)

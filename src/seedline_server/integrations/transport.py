@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 import httpx
 from ulid import ULID
 
+from seedline_server.observability import hooks
+
 __all__ = ["Exchange", "Http", "RemoteError", "Response", "retry_after_seconds"]
 
 
@@ -220,6 +222,7 @@ class Http:
             sync_run_id=sync_run_id,
         )
         send_headers = {"X-Request-Id": rid, **(headers or {})}
+        hooks.inject(send_headers)  # traceparent: the remote's trace continues ours
         if content and "Content-Type" not in send_headers:
             send_headers["Content-Type"] = "application/json"
         t0 = time.perf_counter()

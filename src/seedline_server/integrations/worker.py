@@ -40,6 +40,7 @@ from ulid import ULID
 
 from seedline_server.integrations.connector import Connector, Job, Outcome
 from seedline_server.integrations.transport import Exchange, RemoteError
+from seedline_server.observability import hooks
 from seedline_server.service.outbox import CHANNEL
 from seedline_server.store import integration_models as im
 
@@ -219,9 +220,15 @@ class OutboxWorker:
         listener = asyncio.create_task(self._listen(stop))
         try:
             while not stop.is_set():
-                await self._probe_half_open()
                 room = self.settings.concurrency - len(self._inflight)
-                jobs = await self._claim(min(room, self.settings.batch)) if room > 0 else []
+                try:
+                    await self._probe_half_open()
+                    jobs = await self._claim(min(room, self.settings.batch)) if room > 0 else []
+                except Exception as exc:  # the database went away: keep polling until it is back
+                    log.warning("outbox claim failed", error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self.settings.idle_poll)
+                    continue
                 for job in jobs:
                     task = asyncio.create_task(self._deliver(job))
                     self._inflight.add(task)
@@ -325,6 +332,10 @@ class OutboxWorker:
         ]
 
     async def _deliver(self, job: Job) -> None:
+        with hooks.delivery(job.id, job.integration_id, job.event_type, job.attempt):
+            await self._attempt(job)
+
+    async def _attempt(self, job: Job) -> None:
         exchanges: list[Exchange] = []
         try:
             connector = await self._connectors(job.integration_id)
@@ -369,6 +380,7 @@ class OutboxWorker:
             await conn.execute(_HEALTHY, {"i": job.integration_id})
         if done:
             self.delivered += 1
+            hooks.delivery_outcome("delivered", job.integration_id)
 
     async def _failed(self, job: Job, exc: RemoteError, exchanges: list[Exchange]) -> None:
         s = self.settings
@@ -383,6 +395,7 @@ class OutboxWorker:
             log.info("integration deleted during delivery", delivery=job.id)
             return
         self.failed += 1
+        hooks.delivery_outcome("dead_letter" if dead else "retry", job.integration_id)
 
     async def _record_failure(
         self, job: Job, exc: RemoteError, exchanges: list[Exchange], dead: bool

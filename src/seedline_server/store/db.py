@@ -19,6 +19,8 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
+from seedline_server.observability import hooks
+
 log = structlog.get_logger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -92,6 +94,7 @@ PING_AFTER_IDLE_S = 5.0
 def make_engine(url: str, *, pool_size: int = 10, ping_after_idle: float = PING_AFTER_IDLE_S) -> AsyncEngine:
     """Create the async engine (asyncpg), pinging only connections that sat idle in the pool."""
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    hooks.instrument_engine(engine)  # a span per statement when tracing is on
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _idle_since(dbapi_connection: Any, record: Any) -> None:

@@ -27,6 +27,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from seedline_server.domain.errors import DependencyUnavailable
+from seedline_server.observability import hooks
 from seedline_server.telemetry import partitions, ranges, rollup, writer
 
 log = structlog.get_logger("seedline.telemetry.ingest")
@@ -611,7 +612,8 @@ class IngestPipeline:
                     break
                 group.append(nxt)
                 rows += len(nxt.batch)
-            await self._commit(group)
+            with hooks.write_group(len(group), rows):  # one span per commit, never per reading
+                await self._commit(group)
 
     async def _commit(self, group: list[_Job]) -> None:
         batches = [j.batch for j in group]
@@ -646,6 +648,7 @@ class IngestPipeline:
                         DependencyUnavailable("the readings could not be committed; resend the batch")
                     )
             return
+        hooks.readings_committed(sum(len(b) for b in batches if not b.replayed))  # replays wrote nothing
         committed = _Committed()
         for j in group:
             b = j.batch

@@ -41,6 +41,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from seedline.telemetry.v1 import telemetry_pb2 as pb
 
+from seedline_server.observability import hooks
 from seedline_server.telemetry.ingest import Ack, ReadingIn, Rejected
 
 log = structlog.get_logger("seedline.mqtt")
@@ -662,7 +663,8 @@ class _Session:
         everything unacknowledged is redelivered in the next session.
         """
         try:
-            await self._bridge.submit(batch)
+            with hooks.mqtt_batch(len(batch)):  # a span per batch of messages, counted when committed
+                await self._bridge.submit(batch)
             await asyncio.gather(*(self._bridge.dead_letter(self._client, item) for item in batch))
             if previous is not None:
                 await previous  # PUBACKs go out in the order the messages arrived

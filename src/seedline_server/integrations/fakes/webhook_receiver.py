@@ -43,6 +43,7 @@ KEPT_HEADERS = (
     signing.SIGNATURE_HEADER,
     "Content-Type",
     "X-Request-Id",
+    "traceparent",  # W3C trace context: the receiver's side of Seedline's trace
 )
 _MODES = _faults.MODES - {"partial"}
 
