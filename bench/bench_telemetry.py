@@ -415,7 +415,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gateways", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--batches", type=int, default=400, help="per stream and run (1,000 readings each)")
     parser.add_argument("--mqtt-readings", type=int, default=200_000, help="0 skips the MQTT part")
     parser.add_argument("--bridges", type=int, default=2)
     parser.add_argument("--server-workers", type=int, default=1, help="`seedline serve --workers N`")

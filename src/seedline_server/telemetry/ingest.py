@@ -1,13 +1,15 @@
 """The telemetry ingest pipeline: validate readings, commit them in batches, acknowledge.
 
-:meth:`IngestPipeline.submit` validates a batch reading by reading against a short-lived cache of
+:meth:`IngestPipeline.submit` validates a batch column by column against a short-lived cache of
 the sensors, queues the good readings on one of a few writer tasks and returns once they are
 durably committed. Each writer takes everything queued on it (up to ``group_rows`` readings, from
 several streams) and commits it in one transaction (:mod:`seedline_server.telemetry.writer`).
-The batches of one gateway always go to the same writer and are queued in submission order, so
-its sequences commit in order and the per-gateway high-water mark can de-duplicate replays
-without a unique index on ``readings``. Memory is bounded by ``max_pending`` queued readings:
-``submit`` waits while the queues are full, and callers that wait stop reading from the network.
+While a gateway has batches queued or committing they all go to the same writer, in submission
+order, so its sequences commit in order and the per-gateway high-water mark can de-duplicate
+replays without a unique index on ``readings``; a gateway with nothing in flight goes to the
+least loaded writer, so the writers share the work evenly. Memory is bounded by ``max_pending``
+queued readings: ``submit`` waits while the queues are full, and callers that wait stop reading
+from the network.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -261,6 +262,7 @@ class _Job:
     sensors: list[SensorInfo]  # the batch's sensors; ``sensor_index`` points into it
     sensor_index: rollup.Ints  # per stored reading
     future: asyncio.Future[Ack]
+    route: tuple[str, str] = ("", "")  # (license, gateway): which writer it was queued on
 
 
 def _check(
@@ -370,6 +372,9 @@ class IngestPipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[Sequence[CommittedReading]], None]] = []
         self._gateway_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        # (license, gateway) -> (writer, batches queued or committing there); readings per writer.
+        self._routes: dict[tuple[str, str], tuple[int, int]] = {}
+        self._load: list[int] = []
         self._pending = 0
         self._space = asyncio.Condition()
         self._closed = True
@@ -389,6 +394,8 @@ class IngestPipeline:
         """Starts the writer tasks."""
         self._closed = False
         self._queues = [asyncio.Queue() for _ in range(self._writers)]
+        self._load = [0] * self._writers
+        self._routes = {}
         self._tasks = [asyncio.create_task(self._write_loop(q)) for q in self._queues]
 
     async def stop(self) -> None:
@@ -513,7 +520,12 @@ class IngestPipeline:
             if self._closed:
                 raise DependencyUnavailable("the server is shutting down; resend the batch to another")
             self._pending += n
-            index = zlib.crc32(f"{lock_key[0]}/{gateway_id}".encode()) % len(self._queues)
+            index, in_flight = self._routes.get(lock_key, (-1, 0))
+            if in_flight == 0:  # free to move: nothing of this gateway can commit after it elsewhere
+                index = min(range(len(self._queues)), key=self._load.__getitem__)
+            self._routes[lock_key] = (index, in_flight + 1)
+            self._load[index] += n
+            job.route = lock_key
             self._queues[index].put_nowait(job)
         return job
 
@@ -637,6 +649,13 @@ class IngestPipeline:
                 if getattr(exc, "sqlstate", None) not in _RETRYABLE or attempt == 2:
                     break
         n = sum(len(b) for b in batches)
+        for j in group:
+            index, in_flight = self._routes[j.route]
+            self._load[index] -= len(j.batch)
+            if in_flight == 1:
+                del self._routes[j.route]
+            else:
+                self._routes[j.route] = (index, in_flight - 1)
         async with self._space:
             self._pending -= n
             self._space.notify_all()

@@ -20,55 +20,71 @@ from seedline.telemetry.v1 import telemetry_pb2 as pb
 
 from seedline_server.telemetry import rollup
 
-_GATEWAYS_INSERT = """
-INSERT INTO ingest_gateways (license_id, gateway_id, last_sequence, update_time)
-SELECT l, g, 0, now() FROM unnest($1::text[], $2::text[]) AS v(l, g) ORDER BY l, g
-ON CONFLICT DO NOTHING
+# Locks the gateways' marks (creating missing ones) and reads them, in one statement: the no-op
+# update of an existing row takes its row lock, in (license, gateway) order.
+_GATEWAYS_CLAIM = """
+INSERT INTO ingest_gateways AS g (license_id, gateway_id, last_sequence, update_time)
+SELECT l, gw, 0, now() FROM unnest($1::text[], $2::text[]) AS v(l, gw) ORDER BY l, gw
+ON CONFLICT (license_id, gateway_id) DO UPDATE SET license_id = g.license_id
+RETURNING license_id, gateway_id, last_sequence
 """
-_GATEWAYS_LOCK = """
-SELECT license_id, gateway_id, last_sequence FROM ingest_gateways
-WHERE (license_id, gateway_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-ORDER BY license_id, gateway_id FOR UPDATE
-"""
+# Advances the marks and records the batches' acknowledgements, in one statement.
 _GATEWAYS_ADVANCE = """
-UPDATE ingest_gateways AS g SET last_sequence = v.s, update_time = now()
-FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(l, gw, s)
-WHERE g.license_id = v.l AND g.gateway_id = v.gw
-"""
-_BATCHES_INSERT = """
+WITH advanced AS (
+  UPDATE ingest_gateways AS g SET last_sequence = v.s, update_time = now()
+  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(l, gw, s)
+  WHERE g.license_id = v.l AND g.gateway_id = v.gw
+)
 INSERT INTO ingest_batches (license_id, gateway_id, sequence, accepted, rejected, commit_time)
-SELECT l, g, s, a, r, now() FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::bytea[])
-AS v(l, g, s, a, r)
+SELECT l, gw, s, a, r, now()
+FROM unnest($4::text[], $5::text[], $6::bigint[], $7::int[], $8::bytea[]) AS v(l, gw, s, a, r)
 """
 _BATCHES_FIND = """
 SELECT license_id, gateway_id, sequence, accepted, rejected FROM ingest_batches
 WHERE (license_id, gateway_id, sequence) IN
   (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]))
 """
-_ROLLUP = """
+
+
+def _rollup_sql(table: str, p: int) -> str:
+    """Upsert of per-sensor buckets from parameters ``$p`` .. ``$p+5`` (``table``: a constant)."""
+    return f"""
 INSERT INTO {table} AS r (sensor_key, bucket_start, min, max, sum, count)
 SELECT k, to_timestamp(s), lo, hi, total, n
-FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::bigint[])
-  AS v(k, s, lo, hi, total, n)
+FROM unnest(${p}::bigint[], ${p + 1}::bigint[], ${p + 2}::float8[], ${p + 3}::float8[],
+            ${p + 4}::float8[], ${p + 5}::bigint[]) AS v(k, s, lo, hi, total, n)
 ON CONFLICT (sensor_key, bucket_start) DO UPDATE SET
   min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max),
-  sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count
-"""
-_SECTION_ROLLUP = """
+  sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count"""  # noqa: S608
+
+
+def _section_rollup_sql(table: str, p: int) -> str:
+    """Upsert of per-section buckets from parameters ``$p`` .. ``$p+6`` (``table``: a constant)."""
+    return f"""
 INSERT INTO {table} AS r (section_id, metric, bucket_start, min, max, sum, count)
 SELECT c, m, to_timestamp(s), lo, hi, total, n
-FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[], $7::bigint[])
-  AS v(c, m, s, lo, hi, total, n)
+FROM unnest(${p}::text[], ${p + 1}::smallint[], ${p + 2}::bigint[], ${p + 3}::float8[],
+            ${p + 4}::float8[], ${p + 5}::float8[], ${p + 6}::bigint[]) AS v(c, m, s, lo, hi, total, n)
 ON CONFLICT (section_id, metric, bucket_start) DO UPDATE SET
   min = LEAST(r.min, EXCLUDED.min), max = GREATEST(r.max, EXCLUDED.max),
-  sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count
-"""
-_LAST_OBSERVED = """
-UPDATE sensors AS s SET last_observe_time = v.t
-FROM (SELECT k, timestamptz 'epoch' + us * interval '1 microsecond' AS t
-      FROM unnest($1::bigint[], $2::bigint[]) AS u(k, us)) AS v
-WHERE s.key = v.k AND (s.last_observe_time IS NULL OR s.last_observe_time < v.t)
-"""
+  sum = r.sum + EXCLUDED.sum, count = r.count + EXCLUDED.count"""  # noqa: S608
+
+
+# Everything but the readings, in one round trip: the four roll-ups and the sensors' last
+# observation time (data-modifying CTEs all run, each in its own sorted order).
+_SUMMARIES = f"""
+WITH m AS ({_rollup_sql("readings_1m", 1)}),
+h AS ({_rollup_sql("readings_1h", 7)}),
+sm AS ({_section_rollup_sql("section_readings_1m", 13)}),
+sh AS ({_section_rollup_sql("section_readings_1h", 20)}),
+lo AS (
+  UPDATE sensors AS s SET last_observe_time = v.t
+  FROM (SELECT k, timestamptz 'epoch' + us * interval '1 microsecond' AS t
+        FROM unnest($27::bigint[], $28::bigint[]) AS u(k, us)) AS v
+  WHERE s.key = v.k AND (s.last_observe_time IS NULL OR s.last_observe_time < v.t)
+)
+SELECT 1
+"""  # noqa: S608
 # PostgreSQL's binary COPY: signature, flags, header extension length; then rows; then -1.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
@@ -131,8 +147,7 @@ async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
         return
     pairs = sorted({(b.license_id, b.gateway_id) for b in sequenced})
     lics, gws = [p[0] for p in pairs], [p[1] for p in pairs]
-    await conn.execute(_GATEWAYS_INSERT, lics, gws)
-    marks = {(r[0], r[1]): int(r[2]) for r in await conn.fetch(_GATEWAYS_LOCK, lics, gws)}
+    marks = {(r[0], r[1]): int(r[2]) for r in await conn.fetch(_GATEWAYS_CLAIM, lics, gws)}
     replays: list[Batch] = []
     for b in sequenced:  # queue order: a gateway's batches arrive here in sequence order
         pair = (b.license_id, b.gateway_id)
@@ -155,9 +170,11 @@ async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
     fresh = [b for b in sequenced if not b.replayed]
     if fresh:
         last = {(b.license_id, b.gateway_id): b.sequence for b in fresh}
-        await conn.execute(_GATEWAYS_ADVANCE, [k[0] for k in last], [k[1] for k in last], list(last.values()))
         await conn.execute(
-            _BATCHES_INSERT,
+            _GATEWAYS_ADVANCE,
+            [k[0] for k in last],
+            [k[1] for k in last],
+            list(last.values()),
             [b.license_id for b in fresh],
             [b.gateway_id for b in fresh],
             [b.sequence for b in fresh],
@@ -195,24 +212,15 @@ def section_columns(batches: Sequence[Batch]) -> tuple[list[tuple[str, int]], ro
     return pairs, np.concatenate(index), np.concatenate([b.normalized for b in batches])
 
 
-async def _section_rollups(conn: Any, batches: Sequence[Batch], micros: rollup.Ints) -> None:
+def _section_buckets(batches: Sequence[Batch], micros: rollup.Ints) -> list[list[Any]]:
+    """The section roll-ups' upsert columns: minutes, then hours."""
     pairs, index, normalized = section_columns(batches)
     minutes = rollup.fold(index, micros, normalized, rollup.MINUTE)
-    for table, buckets in (
-        ("section_readings_1m", minutes),
-        ("section_readings_1h", rollup.coarsen(minutes, rollup.HOUR)),
-    ):
+    out: list[list[Any]] = []
+    for buckets in (minutes, rollup.coarsen(minutes, rollup.HOUR)):
         keys, starts, mins, maxs, sums, counts = buckets.columns()
-        await conn.execute(
-            _SECTION_ROLLUP.format(table=table),
-            [pairs[k][0] for k in keys],
-            [pairs[k][1] for k in keys],
-            starts,
-            mins,
-            maxs,
-            sums,
-            counts,
-        )
+        out += [[pairs[k][0] for k in keys], [pairs[k][1] for k in keys], starts, mins, maxs, sums, counts]
+    return out
 
 
 def copy_data(keys: rollup.Ints, micros: rollup.Ints, values: rollup.Floats) -> bytes:
@@ -244,8 +252,10 @@ async def commit(conn: Any, batches: Sequence[Batch]) -> None:
             format="binary",
         )
         minutes = rollup.fold(keys, micros, values, rollup.MINUTE)
-        await conn.execute(_ROLLUP.format(table="readings_1m"), *minutes.columns())
-        hours = rollup.coarsen(minutes, rollup.HOUR)
-        await conn.execute(_ROLLUP.format(table="readings_1h"), *hours.columns())
-        await _section_rollups(conn, stored, micros)
-        await conn.execute(_LAST_OBSERVED, *rollup.newest(keys, micros))
+        await conn.execute(
+            _SUMMARIES,
+            *minutes.columns(),
+            *rollup.coarsen(minutes, rollup.HOUR).columns(),
+            *_section_buckets(stored, micros),
+            *rollup.newest(keys, micros),
+        )
