@@ -592,8 +592,7 @@ class IngestPipeline:
                     )
                 )
             index = np.flatnonzero(keep)
-        if len(rejected) > len(refused) or refused:
-            rejected.sort(key=lambda r: r.index)
+        rejected.sort(key=lambda r: r.index)  # the acknowledgement lists them in batch order
         kept, stored = si[index], values[index]
         batch = writer.Batch(
             license_id=license_id or "",

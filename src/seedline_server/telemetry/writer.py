@@ -11,7 +11,7 @@ together: a batch is either stored and marked, or neither.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -113,13 +113,12 @@ class Batch:
     rejected: tuple[Any, ...]
     # The (section id, metric) pairs of the batch's sensors, and per reading: the index of its
     # pair and its value in the metric's first unit (for the section roll-ups).
-    sections: list[tuple[str, int]] = field(default_factory=list)
-    section_index: rollup.Ints = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    normalized: rollup.Floats = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    sections: list[tuple[str, int]]
+    section_index: rollup.Ints
+    normalized: rollup.Floats
     # Set by :func:`commit`: whether the batch was a replay, and the original acknowledgement.
     replayed: bool = False
     original: tuple[int, bytes] | None = None
-    extra: Any = field(default=None)
 
     def __len__(self) -> int:
         return len(self.keys)
