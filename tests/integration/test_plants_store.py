@@ -88,6 +88,14 @@ async def test_request_id_replays_first_result_under_concurrency(database: Datab
     other = dataclasses.replace(replay, fingerprint="f2")
     with pytest.raises(RequestIdReused):
         await database.write(ctx, run, other)
+    # Another caller's identical request with the same id is its own request, not a replay.
+    stranger = dataclasses.replace(
+        ctx, principal=dataclasses.replace(ctx.principal, name="users/someone-else")
+    )
+    theirs = await database.write(stranger, run, replay)
+    assert set(theirs).isdisjoint(results[0])
+    assert await database.read(CTX, count) == 4
+    assert await database.write(stranger, run, replay) == theirs
 
 
 async def test_failed_batch_writes_nothing(database: Database, farm: Farm) -> None:

@@ -239,7 +239,10 @@ class Database:
                 result = await fn(uow)
                 await uow.chain_audit()
                 return result
-            stored = await session.get(models.IdempotencyKey, (replay.scope, ctx.request_id))
+            # Request ids are the caller's own: another caller reusing one gets its own result,
+            # never this caller's stored answer.
+            scope = f"{replay.scope} {ctx.principal.name}"
+            stored = await session.get(models.IdempotencyKey, (scope, ctx.request_id))
             if stored is not None:
                 if stored.fingerprint != replay.fingerprint:
                     raise RequestIdReused(
@@ -251,7 +254,7 @@ class Database:
             await uow.chain_audit()
             session.add(
                 models.IdempotencyKey(
-                    scope=replay.scope,
+                    scope=scope,
                     request_id=ctx.request_id,
                     fingerprint=replay.fingerprint,
                     response=replay.encode(result),
