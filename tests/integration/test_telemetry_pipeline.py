@@ -130,7 +130,59 @@ async def test_a_replay_while_the_original_is_still_queued_is_not_stored_twice(
         )
     )
     assert sorted(a.replayed for a in acks) == [False, True, True, True]
+    # Every copy is answered with the original acknowledgement, also one committed in the same
+    # transaction as the original (its acknowledgement was not stored yet when it was looked up).
+    assert [(a.accepted, a.rejected) for a in acks] == [(200, ())] * 4
     assert await count(engine, sid) == 200
+
+
+async def test_a_failed_batch_is_stored_by_its_resend_after_later_ones_committed(
+    database: Database, farm: Farm, engine: AsyncEngine
+) -> None:
+    # The database refuses sequence 3 of this gateway once (a failover, a full disk...), while
+    # 4 and 5 commit after it, in commits of their own.
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE SEQUENCE IF NOT EXISTS fail_once_seq"))
+        await conn.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.gateway_id = 'gw-fails' AND NEW.sequence = 3 AND nextval('fail_once_seq') = 1 "
+                "THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER fail_once BEFORE INSERT ON ingest_batches "
+                "FOR EACH ROW EXECUTE FUNCTION fail_once()"
+            )
+        )
+    sid = await add_sensor(database, farm)
+    t0 = datetime.now(UTC) - timedelta(minutes=30)
+    lone = IngestPipeline(engine, writers=1, group_rows=1)  # one batch per commit
+    await lone.start()
+    try:
+
+        async def send(sequence: int) -> ingest.Ack:
+            return await lone.submit(
+                license_id=farm.license_id,
+                gateway_id="gw-fails",
+                sequence=sequence,
+                readings=batch(sid, 10, t0 + timedelta(minutes=sequence)),
+            )
+
+        outcomes = await asyncio.gather(*(send(n) for n in range(1, 6)), return_exceptions=True)
+        assert isinstance(outcomes[2], DependencyUnavailable)
+        assert [(a.accepted, a.replayed) for a in outcomes if isinstance(a, ingest.Ack)] == [(10, False)] * 4
+        assert await count(engine, sid) == 40
+        # The gateway reconnects and replays what was not acknowledged (3), and one that was.
+        resent, repeat = await send(3), await send(4)
+        assert (resent.accepted, resent.replayed) == (10, False)
+        assert (repeat.accepted, repeat.replayed) == (10, True)
+        assert await count(engine, sid) == 50
+    finally:
+        await lone.stop()
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER fail_once ON ingest_batches"))
 
 
 async def test_bad_readings_are_rejected_one_by_one(

@@ -5,11 +5,11 @@ the sensors, queues the good readings on one of a few writer tasks and returns o
 durably committed. Each writer takes everything queued on it (up to ``group_rows`` readings, from
 several streams) and commits it in one transaction (:mod:`seedline_server.telemetry.writer`).
 While a gateway has batches queued or committing they all go to the same writer, in submission
-order, so its sequences commit in order and the per-gateway high-water mark can de-duplicate
-replays without a unique index on ``readings``; a gateway with nothing in flight goes to the
-least loaded writer, so the writers share the work evenly. Memory is bounded by ``max_pending``
-queued readings: ``submit`` waits while the queues are full, and callers that wait stop reading
-from the network.
+order, so its sequences commit in order; replays are found by the batches' stored
+acknowledgements (one key per batch, not a unique index on ``readings``). A gateway with
+nothing in flight goes to the least loaded writer, so the writers share the work evenly.
+Memory is bounded by ``max_pending`` queued readings: ``submit`` waits while the queues are full,
+and callers that wait stop reading from the network.
 """
 
 from __future__ import annotations
@@ -434,10 +434,9 @@ class IngestPipeline:
         Each reading is checked on its own (unknown sensor, other license when ``license_id`` is
         given, wrong unit, non-finite, outside the metric's physical range, duplicate within the
         batch, too old, in the future); the rest are written. ``sequence=None``: no
-        de-duplication (MQTT); otherwise a ``(license, gateway_id, sequence)`` at or below the
-        gateway's committed high-water mark is answered ``replayed=True`` with the original
-        counts, without writing. Waits (backpressure) while more than ``max_pending`` readings
-        are queued.
+        de-duplication (MQTT); otherwise a ``(license, gateway_id, sequence)`` already committed
+        is answered ``replayed=True`` with the original counts, without writing. Waits
+        (backpressure) while more than ``max_pending`` readings are queued.
 
         ``positions`` (the batch index of each reading) and ``refused`` (readings of the batch
         the caller could not even parse) let the acknowledgement, and its repetition on a
@@ -626,6 +625,24 @@ class IngestPipeline:
             with hooks.write_group(len(group), rows):  # one span per commit, never per reading
                 await self._commit(group)
 
+    async def _release(self, jobs: list[_Job], failure: str | None = None) -> None:
+        """Give back the jobs' queue space and routes; with ``failure``, fail their futures."""
+        n = sum(len(j.batch) for j in jobs)
+        for j in jobs:
+            index, in_flight = self._routes[j.route]
+            self._load[index] -= len(j.batch)
+            if in_flight == 1:
+                del self._routes[j.route]
+            else:
+                self._routes[j.route] = (index, in_flight - 1)
+        async with self._space:
+            self._pending -= n
+            self._space.notify_all()
+        if failure is not None:
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(DependencyUnavailable(failure))
+
     async def _commit(self, group: list[_Job]) -> None:
         batches = [j.batch for j in group]
         error: BaseException | None = None
@@ -647,25 +664,12 @@ class IngestPipeline:
                 error = exc
                 if getattr(exc, "sqlstate", None) not in _RETRYABLE or attempt == 2:
                     break
-        n = sum(len(b) for b in batches)
-        for j in group:
-            index, in_flight = self._routes[j.route]
-            self._load[index] -= len(j.batch)
-            if in_flight == 1:
-                del self._routes[j.route]
-            else:
-                self._routes[j.route] = (index, in_flight - 1)
-        async with self._space:
-            self._pending -= n
-            self._space.notify_all()
         if error is not None:
+            n = sum(len(b) for b in batches)
             log.warning("ingest commit failed", batches=len(group), readings=n, error=repr(error))
-            for j in group:
-                if not j.future.done():
-                    j.future.set_exception(
-                        DependencyUnavailable("the readings could not be committed; resend the batch")
-                    )
+            await self._release(group, "the readings could not be committed; resend the batch")
             return
+        await self._release(group)
         hooks.readings_committed(sum(len(b) for b in batches if not b.replayed))  # replays wrote nothing
         committed = _Committed()
         for j in group:

@@ -4,7 +4,7 @@ A partition ``readings_pYYYYMMDD`` holds the UTC day ``[YYYY-MM-DD, next day)``.
 creates today minus ``behind_days`` through today plus ``ahead_days`` at start and then every
 ``interval_seconds``; partitions whose whole day is older than ``retention_days`` are dropped
 (also the roll-up rows of that age; batch acknowledgements and BatchIngestReadings request ids
-after 30 days, the contract's de-duplication window). The ingest pipeline also calls
+after 31 days, a day past the contract's de-duplication window). The ingest pipeline also calls
 :func:`ensure` for the days of a batch it has not seen, so a reading is never refused for want
 of a partition.
 """
@@ -109,7 +109,9 @@ class PartitionManager:
             edge = datetime.combine(cutoff, time(), tzinfo=UTC)
             for table in ("readings_1m", "readings_1h", "section_readings_1m", "section_readings_1h"):
                 await apg.execute(f"DELETE FROM {table} WHERE bucket_start < $1", edge)  # noqa: S608
-            month_ago = datetime.now(UTC) - timedelta(days=30)
+            # A day longer than the contract's 30: readings may be up to 30 days old and 5
+            # minutes ahead, so a replay after this has nothing left that it could store twice.
+            month_ago = datetime.now(UTC) - timedelta(days=31)
             await apg.execute("DELETE FROM ingest_batches WHERE commit_time < $1", month_ago)
             # BatchIngestReadings request ids (``~id``) are de-duplicated for 30 days, like batches.
             await apg.execute(

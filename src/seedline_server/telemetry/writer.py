@@ -1,11 +1,14 @@
 """One commit of the ingest pipeline: several batches, one transaction.
 
-In order, inside the transaction: lock the gateways' high-water marks (sorted, so writers never
-deadlock on them) and drop the batches at or below them as replays; COPY the readings (binary,
-encoded column-wise by numpy); upsert the 1-minute and 1-hour roll-ups (folded column-wise, see
-:mod:`~seedline_server.telemetry.rollup`); advance the sensors' ``last_observe_time``; advance
-the high-water marks and store each batch's acknowledgement. The readings and the marks commit
-together: a batch is either stored and marked, or neither.
+In order, inside the transaction: lock the gateways' rows (sorted, so writers never deadlock on
+them, and two processes never commit one gateway's batches at once); drop as replays the batches
+whose acknowledgement is stored (``ingest_batches``, keyed by gateway and sequence: one row per
+batch, not an index per reading) or that repeat another batch of the same commit; COPY the
+readings (binary, encoded column-wise by numpy); upsert the roll-ups (folded column-wise, see
+:mod:`~seedline_server.telemetry.rollup`) and the sensors' ``last_observe_time``; store each
+batch's acknowledgement and advance the gateways' high-water marks. The readings and the
+acknowledgement commit together: a batch is either stored and acknowledged, or neither, so a
+batch whose commit failed is stored by its resend even after later batches were committed.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from seedline.telemetry.v1 import telemetry_pb2 as pb
 
 from seedline_server.telemetry import rollup
 
-# Locks the gateways' marks (creating missing ones) and reads them, in one statement: the no-op
-# update of an existing row takes its row lock, in (license, gateway) order.
+# Locks the gateways' rows (creating missing ones), in one statement: the no-op update of an
+# existing row takes its row lock, in (license, gateway) order.
 _GATEWAYS_CLAIM = """
 INSERT INTO ingest_gateways AS g (license_id, gateway_id, last_sequence, update_time)
 SELECT l, gw, 0, now() FROM unnest($1::text[], $2::text[]) AS v(l, gw) ORDER BY l, gw
@@ -31,7 +34,7 @@ RETURNING license_id, gateway_id, last_sequence
 # Advances the marks and records the batches' acknowledgements, in one statement.
 _GATEWAYS_ADVANCE = """
 WITH advanced AS (
-  UPDATE ingest_gateways AS g SET last_sequence = v.s, update_time = now()
+  UPDATE ingest_gateways AS g SET last_sequence = GREATEST(g.last_sequence, v.s), update_time = now()
   FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(l, gw, s)
   WHERE g.license_id = v.l AND g.gateway_id = v.gw
 )
@@ -140,35 +143,36 @@ def decode_rejections(data: bytes) -> list[pb.RejectedReading]:
 
 
 async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
-    """Lock the marks of the sequenced batches' gateways and flag the replays among them."""
+    """Lock the sequenced batches' gateways, flag the replays among them, store the others' acks.
+
+    A replay is a (license, gateway, sequence) whose acknowledgement is stored, or one already
+    in ``batches``; it gets the stored (or that batch's) acknowledgement as ``original``.
+    """
     sequenced = [b for b in batches if b.sequence is not None]
     if not sequenced:
         return
     pairs = sorted({(b.license_id, b.gateway_id) for b in sequenced})
-    lics, gws = [p[0] for p in pairs], [p[1] for p in pairs]
-    marks = {(r[0], r[1]): int(r[2]) for r in await conn.fetch(_GATEWAYS_CLAIM, lics, gws)}
-    replays: list[Batch] = []
-    for b in sequenced:  # queue order: a gateway's batches arrive here in sequence order
-        pair = (b.license_id, b.gateway_id)
-        assert b.sequence is not None
-        if b.sequence <= marks[pair]:
-            b.replayed = True
-            replays.append(b)
+    await conn.fetch(_GATEWAYS_CLAIM, [p[0] for p in pairs], [p[1] for p in pairs])
+    found = await conn.fetch(
+        _BATCHES_FIND,
+        [b.license_id for b in sequenced],
+        [b.gateway_id for b in sequenced],
+        [b.sequence for b in sequenced],
+    )
+    acks = {(r[0], r[1], int(r[2])): (int(r[3]), bytes(r[4])) for r in found}
+    fresh: list[Batch] = []
+    for b in sequenced:
+        key = (b.license_id, b.gateway_id, b.sequence or 0)
+        if key in acks:
+            b.replayed, b.original = True, acks[key]
         else:
-            marks[pair] = b.sequence
-    if replays:
-        found = await conn.fetch(
-            _BATCHES_FIND,
-            [b.license_id for b in replays],
-            [b.gateway_id for b in replays],
-            [b.sequence for b in replays],
-        )
-        stored = {(r[0], r[1], int(r[2])): (int(r[3]), bytes(r[4])) for r in found}
-        for b in replays:
-            b.original = stored.get((b.license_id, b.gateway_id, b.sequence or 0))
-    fresh = [b for b in sequenced if not b.replayed]
+            acks[key] = (len(b), encode_rejections(b.rejected))  # a resend later in this commit
+            fresh.append(b)
     if fresh:
-        last = {(b.license_id, b.gateway_id): b.sequence for b in fresh}
+        last: dict[tuple[str, str], int] = {}
+        for b in fresh:
+            pair = (b.license_id, b.gateway_id)
+            last[pair] = max(last.get(pair, 0), b.sequence or 0)
         await conn.execute(
             _GATEWAYS_ADVANCE,
             [k[0] for k in last],
@@ -178,7 +182,7 @@ async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
             [b.gateway_id for b in fresh],
             [b.sequence for b in fresh],
             [len(b) for b in fresh],
-            [encode_rejections(b.rejected) for b in fresh],
+            [acks[(b.license_id, b.gateway_id, b.sequence or 0)][1] for b in fresh],
         )
 
 
