@@ -105,6 +105,12 @@ def test_outside_range_both_sides_and_margin_capped() -> None:
     ]
 
 
+def test_a_rules_own_outside_range_margin_is_used_as_given() -> None:
+    cond = Condition(Comparator.OUTSIDE_RANGE, lower=18.0, upper=28.0, hysteresis=4.0, default_margin=False)
+    assert cond.margin == 4.0  # a default would be capped at a quarter of the range (2.5)
+    assert [cond.cleared(v) for v in (21.9, 22.0, 24.0, 24.1)] == [False, True, True, False]
+
+
 def test_late_and_repeated_readings_are_ignored() -> None:
     m = Machine(Condition(Comparator.GT, threshold=1.0, hold=timedelta(seconds=10)))
     assert m.feed(at(10), 2.0) is None

@@ -101,6 +101,7 @@ def condition_of(values: Mapping[str, Any]) -> evaluator.Condition:
         hysteresis=evaluator.default_hysteresis(int(values["metric"]), int(values["unit"]))
         if values.get("hysteresis") is None
         else float(values["hysteresis"]),
+        default_margin=values.get("hysteresis") is None,
     )
 
 

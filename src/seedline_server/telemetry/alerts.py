@@ -125,8 +125,11 @@ class Condition:
         lower: the low end of the acceptable range of OUTSIDE_RANGE.
         upper: the high end of the acceptable range of OUTSIDE_RANGE.
         hold: how long the condition must hold before the alert fires.
-        hysteresis: how far back inside a value must be for a firing alert to resolve (≥ 0; for
-            OUTSIDE_RANGE at most a quarter of the range, so a resolving band always remains).
+        hysteresis: how far back inside a value must be for a firing alert to resolve (≥ 0).
+        default_margin: whether ``hysteresis`` is the metric's default rather than the rule's
+            own: for OUTSIDE_RANGE a default is capped at a quarter of the range, so a resolving
+            band always remains (a rule's own margin is checked by the contract to be less
+            than half the range, and used as given).
 
     """
 
@@ -136,13 +139,14 @@ class Condition:
     upper: float = 0.0
     hold: timedelta = timedelta(0)
     hysteresis: float = 0.0
+    default_margin: bool = True
 
     @property
     def margin(self) -> float:
         """The effective hysteresis margin."""
         h = max(0.0, self.hysteresis)
         if self.comparator is Comparator.OUTSIDE_RANGE:
-            h = min(h, (self.upper - self.lower) / 4)
+            h = min(h, (self.upper - self.lower) / (4 if self.default_margin else 2))
         return h
 
     def meets(self, value: float) -> bool:
