@@ -923,7 +923,9 @@ def _dev_credentials(settings: Settings) -> tuple[Settings, Path | None]:
 
     from seedline_server import dev_auth
 
-    if settings.jwt_secret is not None:
+    # Only for a throwaway local stack: not when a real identity provider (JWKS) or a database
+    # of one's own (DATABASE_URL) is configured, where a platform-admin file would be a back door.
+    if settings.jwt_secret is not None or settings.jwt_jwks_path is not None or settings.database_url:
         return settings, None
     secret = dev_auth.jwt_secret(settings.data_dir)
     token = dev_auth.write_admin_token(

@@ -23,6 +23,7 @@ SUBJECT = "dev-admin"
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text + "\n")
 
@@ -32,6 +33,8 @@ def jwt_secret(data_dir: Path) -> str:
     path = data_dir / SECRET_FILE
     if not path.exists():
         _write_private(path, secrets.token_urlsafe(48))
+    else:
+        path.chmod(0o600)
     return path.read_text(encoding="utf-8").strip()
 
 

@@ -313,3 +313,26 @@ def test_log_lines_carry_trace_span_and_request_id(
     outside = next(line for line in lines if line["event"] == "outside")
     assert "trace_id" not in outside
     assert "request_id" not in outside
+
+
+def test_a_callers_sampled_flag_does_not_force_tracing() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from seedline_server.observability.setup import sampler
+
+    def decision(ratio: float, flags: int, remote: bool) -> bool:
+        parent = SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=0xB7AD6B7169203331,
+            is_remote=remote,
+            trace_flags=TraceFlags(flags),
+        )
+        context = trace.set_span_in_context(NonRecordingSpan(parent))
+        result = sampler(ratio).should_sample(context, parent.trace_id, "rpc")
+        return bool(result.decision.is_sampled())
+
+    assert decision(1.0, TraceFlags.SAMPLED, remote=True)
+    assert not decision(0.0, TraceFlags.SAMPLED, remote=True)  # the caller asked; the ratio says no
+    assert not decision(1.0, TraceFlags.DEFAULT, remote=True)  # a caller's "not sampled" is kept
+    assert decision(0.0, TraceFlags.SAMPLED, remote=False)  # our own sampled parent is followed

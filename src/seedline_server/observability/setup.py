@@ -48,6 +48,17 @@ class Configured:
         self.closers.clear()
 
 
+def sampler(ratio: float) -> ParentBased:
+    """New traces and callers' sampled traces at ``ratio``; a caller's "not sampled" respected.
+
+    A caller's "sampled" flag does not buy full tracing (and its cost): remote parents are
+    sampled at the same ratio, by trace id, so a trace is kept or dropped as a whole. Local
+    parents are followed as they are.
+    """
+    by_id = TraceIdRatioBased(ratio)
+    return ParentBased(by_id, remote_parent_sampled=by_id)
+
+
 def otlp_endpoint(settings: Settings) -> str | None:
     """The OTLP/HTTP base URL: Seedline's setting, else the standard environment variable."""
     value = settings.otel_exporter_otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
@@ -73,7 +84,7 @@ def configure(settings: Settings, *, service: str, console: bool | None = None) 
     tracer_provider: TracerProvider | None = None
     if endpoint or console:
         tracer_provider = TracerProvider(
-            resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.otel_traces_sample_ratio))
+            resource=resource, sampler=sampler(settings.otel_traces_sample_ratio)
         )
         if endpoint:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
