@@ -20,6 +20,7 @@ import pytest
 
 from seedline_server.certs import issue_client_cert
 from tests.e2e.test_inventory_cycle import make_farm
+from tests.support import tool_shims
 from tests.support.stack import EdgeProcess
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "partners.md"
@@ -48,9 +49,13 @@ def licenses(channel: grpc.Channel) -> list[str]:
     return [make_farm(channel).license for _ in range(2)]
 
 
-def test_the_curl_examples_answer_as_the_guide_says(stack: EdgeProcess, licenses: list[str]) -> None:
+@pytest.mark.parametrize("stand_ins", [False, True], ids=["installed-tools", "stand-ins"])
+def test_the_curl_examples_answer_as_the_guide_says(
+    stack: EdgeProcess, licenses: list[str], tmp_path: Path, stand_ins: bool
+) -> None:
     script = "set -euo pipefail\n" + swap("\n".join(blocks("sh")), stack)
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    env = tool_shims.environment(tmp_path, force=stand_ins)  # also where curl or jq is missing
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     lines = done.stdout.splitlines()
     ping = json.loads(lines[0])

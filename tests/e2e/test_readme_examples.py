@@ -9,14 +9,13 @@ the test server trusts). The real `curl` and the `.venv/bin/grpcurl` run them.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import auth
+from tests.support import auth, tool_shims
 from tests.support.stack import EdgeProcess
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -48,10 +47,13 @@ def test_every_service_has_a_grpcurl_and_a_curl_example() -> None:
         assert "curl " in block, f"no curl example next to {service}'s grpcurl"
 
 
-def test_the_readme_examples_run_against_the_stack(stack: EdgeProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stand_ins", [False, True], ids=["installed-tools", "stand-ins"])
+def test_the_readme_examples_run_against_the_stack(
+    stack: EdgeProcess, tmp_path: Path, stand_ins: bool
+) -> None:
+    """With curl and jq as installed (stand-ins for missing ones), and with the stand-ins."""
     assert stack.pki is not None
-    if shutil.which("curl") is None or shutil.which("jq") is None:
-        pytest.fail("the README examples need curl and jq on PATH")
+    env = tool_shims.environment(tmp_path, force=stand_ins)
     token_file = tmp_path / "dev-token"
     token_file.write_text(auth.mint() + "\n")
     swaps = {
@@ -69,7 +71,7 @@ def test_the_readme_examples_run_against_the_stack(stack: EdgeProcess, tmp_path:
         script = script.replace(dev, test)
     # Fail on the first failing command; print what the examples made, to check below.
     script = "set -euo pipefail\n" + script + '\nprintf "\\nMADE %s %s\\n" "$LICENSE" "$LOT"\n'
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     out = done.stdout
     made = re.search(r"^MADE (licenses/\w+) (licenses/\w+/lots/\w+)$", out, flags=re.M)
