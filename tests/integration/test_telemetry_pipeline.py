@@ -136,6 +136,37 @@ async def test_a_replay_while_the_original_is_still_queued_is_not_stored_twice(
     assert await count(engine, sid) == 200
 
 
+async def test_two_processes_committing_one_batch_store_it_once(
+    database: Database, farm: Farm, engine: AsyncEngine, migrated: str
+) -> None:
+    # Two pipelines on their own engines stand for two server processes: a gateway reconnected
+    # to the second while the first still commits its batches.
+    sid = await add_sensor(database, farm)
+    t0 = datetime.now(UTC) - timedelta(minutes=40)
+    other_engine = db.make_engine(migrated, pool_size=2)
+    first, second = IngestPipeline(engine, writers=1), IngestPipeline(other_engine, writers=1)
+    await first.start()
+    await second.start()
+    try:
+        for sequence in range(1, 6):
+            rows = batch(sid, 300, t0 + timedelta(minutes=sequence))
+            acks = await asyncio.gather(
+                *(
+                    p.submit(
+                        license_id=farm.license_id, gateway_id="gw-twice", sequence=sequence, readings=rows
+                    )
+                    for p in (first, second)
+                )
+            )
+            assert sorted(a.replayed for a in acks) == [False, True]
+            assert [a.accepted for a in acks] == [300, 300]
+        assert await count(engine, sid) == 5 * 300
+    finally:
+        await first.stop()
+        await second.stop()
+        await other_engine.dispose()
+
+
 async def test_a_failed_batch_is_stored_by_its_resend_after_later_ones_committed(
     database: Database, farm: Farm, engine: AsyncEngine
 ) -> None:

@@ -38,7 +38,9 @@ UNKNOWN_SENSOR, OTHER_LICENSE, WRONG_UNIT, NON_FINITE, OUT_OF_RANGE = 1, 2, 3, 4
 DUPLICATE, TOO_OLD, IN_FUTURE, MALFORMED = 6, 7, 8, 9
 MAX_AGE = timedelta(days=30)
 MAX_AHEAD = timedelta(minutes=5)
-_RETRYABLE = frozenset({"40001", "40P01"})
+# Serialization failure, deadlock, and a unique violation: another process committed the same
+# batch meanwhile (its acknowledgement's key), which the retry finds as a replay.
+_RETRYABLE = frozenset({"40001", "40P01", "23505"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 

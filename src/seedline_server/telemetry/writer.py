@@ -1,14 +1,15 @@
 """One commit of the ingest pipeline: several batches, one transaction.
 
-In order, inside the transaction: lock the gateways' rows (sorted, so writers never deadlock on
-them, and two processes never commit one gateway's batches at once); drop as replays the batches
-whose acknowledgement is stored (``ingest_batches``, keyed by gateway and sequence: one row per
-batch, not an index per reading) or that repeat another batch of the same commit; COPY the
+In order, inside the transaction: drop as replays the batches whose acknowledgement is stored
+(``ingest_batches``, keyed by gateway and sequence: one row per batch, not an index per reading)
+or that repeat another batch of the same commit; store the other batches' acknowledgements and
+advance the gateways' high-water marks (sorted, so writers never deadlock on them); COPY the
 readings (binary, encoded column-wise by numpy); upsert the roll-ups (folded column-wise, see
-:mod:`~seedline_server.telemetry.rollup`) and the sensors' ``last_observe_time``; store each
-batch's acknowledgement and advance the gateways' high-water marks. The readings and the
-acknowledgement commit together: a batch is either stored and acknowledged, or neither, so a
-batch whose commit failed is stored by its resend even after later batches were committed.
+:mod:`~seedline_server.telemetry.rollup`) and the sensors' ``last_observe_time``. The readings
+and the acknowledgement commit together: a batch is either stored and acknowledged, or neither,
+so a batch whose commit failed is stored by its resend even after later batches were committed.
+Two processes committing the same batch at once: the acknowledgements' primary key lets only
+one insert it, and the other's retry (a unique violation is retried) finds it as a replay.
 """
 
 from __future__ import annotations
@@ -23,20 +24,16 @@ from seedline.telemetry.v1 import telemetry_pb2 as pb
 
 from seedline_server.telemetry import rollup
 
-# Locks the gateways' rows (creating missing ones), in one statement: the no-op update of an
-# existing row takes its row lock, in (license, gateway) order.
-_GATEWAYS_CLAIM = """
-INSERT INTO ingest_gateways AS g (license_id, gateway_id, last_sequence, update_time)
-SELECT l, gw, 0, now() FROM unnest($1::text[], $2::text[]) AS v(l, gw) ORDER BY l, gw
-ON CONFLICT (license_id, gateway_id) DO UPDATE SET license_id = g.license_id
-RETURNING license_id, gateway_id, last_sequence
-"""
-# Advances the marks and records the batches' acknowledgements, in one statement.
+# Records the batches' acknowledgements and advances the gateways' marks (creating missing
+# gateways, in (license, gateway) order), in one statement. The acknowledgements' primary key
+# is the final word on exactly-once: two processes committing the same batch at once cannot
+# both insert it; the second fails with a unique violation, and its retry finds the batch.
 _GATEWAYS_ADVANCE = """
 WITH advanced AS (
-  UPDATE ingest_gateways AS g SET last_sequence = GREATEST(g.last_sequence, v.s), update_time = now()
-  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(l, gw, s)
-  WHERE g.license_id = v.l AND g.gateway_id = v.gw
+  INSERT INTO ingest_gateways AS g (license_id, gateway_id, last_sequence, update_time)
+  SELECT l, gw, s, now() FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(l, gw, s) ORDER BY l, gw
+  ON CONFLICT (license_id, gateway_id) DO UPDATE
+    SET last_sequence = GREATEST(g.last_sequence, EXCLUDED.last_sequence), update_time = now()
 )
 INSERT INTO ingest_batches (license_id, gateway_id, sequence, accepted, rejected, commit_time)
 SELECT l, gw, s, a, r, now()
@@ -143,7 +140,7 @@ def decode_rejections(data: bytes) -> list[pb.RejectedReading]:
 
 
 async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
-    """Lock the sequenced batches' gateways, flag the replays among them, store the others' acks.
+    """Flag the replays among the sequenced batches, store the others' acks, advance the marks.
 
     A replay is a (license, gateway, sequence) whose acknowledgement is stored, or one already
     in ``batches``; it gets the stored (or that batch's) acknowledgement as ``original``.
@@ -151,8 +148,6 @@ async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
     sequenced = [b for b in batches if b.sequence is not None]
     if not sequenced:
         return
-    pairs = sorted({(b.license_id, b.gateway_id) for b in sequenced})
-    await conn.fetch(_GATEWAYS_CLAIM, [p[0] for p in pairs], [p[1] for p in pairs])
     found = await conn.fetch(
         _BATCHES_FIND,
         [b.license_id for b in sequenced],
@@ -173,11 +168,12 @@ async def _mark_replays(conn: Any, batches: Sequence[Batch]) -> None:
         for b in fresh:
             pair = (b.license_id, b.gateway_id)
             last[pair] = max(last.get(pair, 0), b.sequence or 0)
+        pairs = sorted(last)
         await conn.execute(
             _GATEWAYS_ADVANCE,
-            [k[0] for k in last],
-            [k[1] for k in last],
-            list(last.values()),
+            [k[0] for k in pairs],
+            [k[1] for k in pairs],
+            [last[k] for k in pairs],
             [b.license_id for b in fresh],
             [b.gateway_id for b in fresh],
             [b.sequence for b in fresh],
