@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import grpc_tools
-from gen_client import generate_client
+from gen_client import DETAILS, generate_client
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
@@ -49,10 +49,6 @@ def _protoc(*args: str) -> None:
     ]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
-
-
-# The google.rpc error types: Envoy renders them as JSON, the Python client decodes them.
-DETAILS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 
 
 def image(out: Path, *extra: str) -> None:

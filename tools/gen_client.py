@@ -33,8 +33,9 @@ from google.protobuf.compiler import plugin_pb2
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "clients/python/src/seedline_client/_generated"
 OPTIONS = "client_generation=sync,server_generation=none"
-# Types the hand-written client decodes from grpc-status-details-bin.
-EXTRA_ROOTS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+# The google.rpc error types: the hand-written client decodes them from grpc-status-details-bin,
+# and Envoy renders them as JSON (tools/gen.py adds them to its descriptor set and to the image).
+DETAILS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 
 
 def _referenced(file: descriptor_pb2.FileDescriptorProto) -> Iterable[str]:
@@ -72,10 +73,10 @@ def needed_files(files: list[descriptor_pb2.FileDescriptorProto]) -> set[str]:
     """Our files, the google.rpc error files and every file whose types they use, transitively."""
     owner = {name: f.name for f in files for name in _defined(f)}
     by_name = {f.name: f for f in files}
-    missing = [root for root in EXTRA_ROOTS if root not in by_name]
+    missing = [root for root in DETAILS if root not in by_name]
     if missing:
-        raise ValueError(f"the contract image lacks {missing}: build it with them (tools/gen.py DETAILS)")
-    todo = [f.name for f in files if f.package.startswith("seedline.")] + list(EXTRA_ROOTS)
+        raise ValueError(f"the contract image lacks {missing}: build it with gen_client.DETAILS")
+    todo = [f.name for f in files if f.package.startswith("seedline.")] + list(DETAILS)
     needed: set[str] = set()
     while todo:
         name = todo.pop()

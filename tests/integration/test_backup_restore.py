@@ -101,8 +101,9 @@ async def test_dump_restore_and_verify_the_audit_chains(
     assert after.returncode == 0, after.stdout + after.stderr
     # The same events in the same chains as the source when it was dumped.
     assert after.stdout.splitlines()[-1] == before.stdout.splitlines()[-1]
-    assert future_partition in await partitions(target)
-    assert await partitions(target) == await partitions(source)
+    restored_partitions = await partitions(target)
+    assert future_partition in restored_partitions
+    assert restored_partitions == await partitions(source)
     # The smaller variant without raw readings: every table's data but the readings partitions'.
     slim = tmp_path / "slim.dump"
     dumped = run(

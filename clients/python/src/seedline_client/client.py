@@ -95,15 +95,5 @@ def connect(
     if request_ids:
         interceptors.append(RequestIdInterceptor())
     interceptors += [RetryInterceptor(retry or RetryPolicy()), MetadataInterceptor(credentials, timeout)]
-    return _OwningClient(grpc.intercept_channel(raw, *interceptors), raw)
-
-
-class _OwningClient(Client):
-    """A client that also closes the raw channel under its interceptors."""
-
-    def __init__(self, channel: grpc.Channel, raw: grpc.Channel) -> None:
-        super().__init__(channel)
-        self._raw = raw
-
-    def close(self) -> None:
-        self._raw.close()
+    # Closing the intercepted channel closes ``raw`` under it.
+    return Client(grpc.intercept_channel(raw, *interceptors))

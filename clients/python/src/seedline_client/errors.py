@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import betterproto2
 import grpc
@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_Detail = TypeVar("_Detail", bound=betterproto2.Message)
 
 
 class SeedlineError(grpc.RpcError):
@@ -77,14 +78,13 @@ class SeedlineError(grpc.RpcError):
         """The call's trailing metadata, as (key, value) pairs."""
         return self._trailing
 
-    def _first(self, kind: type[Any]) -> Any:
+    def _first(self, kind: type[_Detail]) -> _Detail | None:
         return next((d for d in self.error_details if isinstance(d, kind)), None)
 
     @property
     def error_info(self) -> rpc.ErrorInfo | None:
         """The ``google.rpc.ErrorInfo`` detail, if any."""
-        found: rpc.ErrorInfo | None = self._first(rpc.ErrorInfo)
-        return found
+        return self._first(rpc.ErrorInfo)
 
     @property
     def reason(self) -> str:
@@ -95,7 +95,7 @@ class SeedlineError(grpc.RpcError):
     @property
     def retry_delay(self) -> datetime.timedelta | None:
         """How long the server asks the caller to wait (``google.rpc.RetryInfo``), if it says."""
-        info: rpc.RetryInfo | None = self._first(rpc.RetryInfo)
+        info = self._first(rpc.RetryInfo)
         return info.retry_delay if info is not None else None
 
     @property
@@ -106,8 +106,7 @@ class SeedlineError(grpc.RpcError):
     @property
     def resource_info(self) -> rpc.ResourceInfo | None:
         """The missing or conflicting resource (``google.rpc.ResourceInfo``), if named."""
-        found: rpc.ResourceInfo | None = self._first(rpc.ResourceInfo)
-        return found
+        return self._first(rpc.ResourceInfo)
 
 
 class Cancelled(SeedlineError):
