@@ -13,7 +13,7 @@ NOTIFY :data:`RULES_CHANNEL` so every process reloads its rule cache.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +29,7 @@ from seedline_server.domain.errors import (
     NotFound,
     ReferenceInvalid,
 )
-from seedline_server.service import outbox
+from seedline_server.service import filters, outbox
 from seedline_server.service.registry import Page, check_etag, get_license, list_page, snapshot
 from seedline_server.service.uow import UnitOfWork, new_id, now
 from seedline_server.store import alert_models as am
@@ -567,67 +567,30 @@ async def prune_events(uow: UnitOfWork, before: datetime) -> None:
 
 # --- filters (AIP-160 subset) -------------------------------------------------------------------
 
-_TERM = re.compile(
-    r'\s*(?P<field>[a-z_.]+)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^\s"()]+)\s*'
-)
-_AND = re.compile(r"AND\s+|AND$")
 _NAME = re.compile(
     r"licenses/([0-9A-HJKMNP-TV-Z]{26})/(sections|sensors|alertRules)/([0-9A-HJKMNP-TV-Z]{26})"
 )
 
 
-def _violation(message: str) -> InvalidArgument:
-    return InvalidArgument(f"filter: {message}", [FieldViolation("filter", message)])
-
-
-def _terms(expression: str) -> list[tuple[str, str, str]]:
-    out, pos, expr = [], 0, expression.strip()
-    while pos < len(expr):
-        term = _TERM.match(expr, pos)
-        if term is None:
-            raise _violation(f"expected `field operator value` at offset {pos}")
-        raw = term["value"]
-        value = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
-        out.append((term["field"], term["op"], value))
-        pos = term.end()
-        if pos < len(expr):
-            joiner = _AND.match(expr, pos)
-            if joiner is None:
-                raise _violation(f"expected AND at offset {pos} (only AND is supported)")
-            pos = joiner.end()
-            if pos >= len(expr):
-                raise _violation("a term must follow AND")
-    return out
-
-
-def _eq(column: Any, op: str, value: Any, field: str) -> ColumnElement[bool]:
-    if op == "=":
-        result: ColumnElement[bool] = column == value
-    elif op == "!=":
-        result = column.is_distinct_from(value)
-    else:
-        raise _violation(f"{field} supports only = and !=")
-    return result
-
-
-def _enum(value: str, numbers: Mapping[str, int], prefix: str, field: str) -> int:
-    number = numbers.get(value) or numbers.get(prefix + value)
-    if number is None:
-        raise _violation(f"{field} must be a {prefix}* name, got {value!r}")
-    return number
-
-
-def _bool(value: str, field: str) -> bool:
-    if value not in {"true", "false"}:
-        raise _violation(f"{field} must be true or false, got {value!r}")
-    return value == "true"
-
-
 def _ref(value: str, license_id: str, coll: str, field: str) -> str:
     match = _NAME.fullmatch(value)
     if match is None or match[2] != coll or match[1] != license_id:
-        raise _violation(f"{field} must be a name under licenses/{license_id}/{coll}/, got {value!r}")
+        raise filters.violation(f"{field} must be a name under licenses/{license_id}/{coll}/, got {value!r}")
     return match[3]
+
+
+def _parsers(
+    license_id: str, enums: Mapping[str, int]
+) -> tuple[Callable[[str], Callable[[str, str], Any]], Callable[[str], Callable[[str, str], Any]]]:
+    """(enum value parser by name prefix, resource name parser by collection) for filters."""
+
+    def enum(prefix: str) -> Callable[[str, str], Any]:
+        return lambda value, field: filters.enum_number(value, enums, prefix, field)
+
+    def name(collection: str) -> Callable[[str, str], Any]:
+        return lambda value, field: _ref(value, license_id, collection, field)
+
+    return enum, name
 
 
 def rule_filter(expression: str, license_id: str, enums: Mapping[str, int]) -> list[ColumnElement[bool]]:
@@ -638,24 +601,17 @@ def rule_filter(expression: str, license_id: str, enums: Mapping[str, int]) -> l
 
     """
     r = am.AlertRule
-    out = []
-    for field, op, value in _terms(expression):
-        if field == "condition.metric":
-            out.append(_eq(r.metric, op, _enum(value, enums, "METRIC_", field), field))
-        elif field == "condition.section":
-            out.append(_eq(r.section_id, op, _ref(value, license_id, "sections", field), field))
-        elif field == "condition.sensor":
-            out.append(_eq(r.sensor_id, op, _ref(value, license_id, "sensors", field), field))
-        elif field == "severity":
-            out.append(_eq(r.severity, op, _enum(value, enums, "ALERT_SEVERITY_", field), field))
-        elif field == "enabled":
-            out.append(_eq(r.enabled, op, _bool(value, field), field))
-        else:
-            raise _violation(
-                f"unknown field {field!r}; filter on condition.metric, condition.section, "
-                "condition.sensor, severity or enabled"
-            )
-    return out
+    enum, name = _parsers(license_id, enums)
+    return filters.conditions(
+        expression,
+        {
+            "condition.metric": filters.matches(r.metric, enum("METRIC_")),
+            "condition.section": filters.matches(r.section_id, name("sections")),
+            "condition.sensor": filters.matches(r.sensor_id, name("sensors")),
+            "severity": filters.matches(r.severity, enum("ALERT_SEVERITY_")),
+            "enabled": filters.matches(r.enabled, filters.boolean),
+        },
+    )
 
 
 def alert_filter(expression: str, license_id: str, enums: Mapping[str, int]) -> list[ColumnElement[bool]]:
@@ -666,49 +622,25 @@ def alert_filter(expression: str, license_id: str, enums: Mapping[str, int]) -> 
 
     """
     a = am.Alert
-    out = []
-    for field, op, value in _terms(expression):
-        if field == "state":
-            out.append(_eq(a.state, op, _enum(value, enums, "ALERT_STATE_", field), field))
-        elif field == "severity":
-            out.append(_eq(a.severity, op, _enum(value, enums, "ALERT_SEVERITY_", field), field))
-        elif field == "alert_rule":
-            out.append(_eq(a.rule_id, op, _ref(value, license_id, "alertRules", field), field))
-        elif field == "sensor":
-            out.append(_eq(a.sensor_id, op, _ref(value, license_id, "sensors", field), field))
-        elif field == "section":
-            out.append(_eq(a.section_id, op, _ref(value, license_id, "sections", field), field))
-        elif field == "acknowledged":
-            acked = _bool(value, field)
-            if op not in {"=", "!="}:
-                raise _violation("acknowledged supports only = and !=")
-            out.append(
-                a.acknowledge_time.is_not(None) if acked == (op == "=") else a.acknowledge_time.is_(None)
-            )
-        elif field == "start_time":
-            out.append(_time(a.start_time, op, value, field))
-        else:
-            raise _violation(
-                f"unknown field {field!r}; filter on state, severity, alert_rule, sensor, section, "
-                "acknowledged or start_time"
-            )
-    return out
+    enum, name = _parsers(license_id, enums)
 
+    def acknowledged(op: str, value: str, field: str) -> ColumnElement[bool]:
+        acked = filters.boolean(value, field)
+        if op not in {"=", "!="}:
+            raise filters.violation("acknowledged supports only = and !=")
+        return a.acknowledge_time.is_not(None) if acked == (op == "=") else a.acknowledge_time.is_(None)
 
-def _time(column: Any, op: str, value: str, field: str) -> ColumnElement[bool]:
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
-        raise _violation(f"{field} must be an RFC 3339 time with an offset, got {value!r}")
-    ops: dict[str, ColumnElement[bool]] = {
-        "<": column < when,
-        "<=": column <= when,
-        ">": column > when,
-        ">=": column >= when,
-        "=": column == when,
-    }
-    if op not in ops:
-        raise _violation(f"{field} does not support {op}")
-    return ops[op]
+    return filters.conditions(
+        expression,
+        {
+            "state": filters.matches(a.state, enum("ALERT_STATE_")),
+            "severity": filters.matches(a.severity, enum("ALERT_SEVERITY_")),
+            "alert_rule": filters.matches(a.rule_id, name("alertRules")),
+            "sensor": filters.matches(a.sensor_id, name("sensors")),
+            "section": filters.matches(a.section_id, name("sections")),
+            "acknowledged": acknowledged,
+            "start_time": lambda op, value, field: filters.compare(
+                a.start_time, op, filters.timestamp(value, field), field
+            ),
+        },
+    )

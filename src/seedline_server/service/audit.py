@@ -11,7 +11,6 @@ import enum
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, case, func, select, text, tuple_
@@ -25,7 +24,8 @@ from seedline_server.domain.audit import (
     chain_document,
     event_hash,
 )
-from seedline_server.domain.errors import FieldViolation, InvalidArgument, InvalidPageToken, NotFound
+from seedline_server.domain.errors import InvalidPageToken, NotFound
+from seedline_server.service import filters
 from seedline_server.service.registry import Page, get_license
 from seedline_server.service.uow import UnitOfWork
 from seedline_server.store import models
@@ -309,32 +309,12 @@ def action_case() -> ColumnElement[int]:
     return case(*whens, else_=ACTION_STATE_CHANGE)
 
 
-_TERM = re.compile(
-    r'\s*(?P<field>[a-z_]+)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>"(?:[^"\\]|\\.)*"|[^\s"()]+)\s*'
-)
-_AND = re.compile(r"AND\s+|AND$")
 _TEXT_FIELDS = {
     "resource": _EV.resource,
     "principal": _EV.principal,
     "method": _EV.method,
     "request_id": _EV.request_id,
 }
-_RANGE_OPS = {"=", "<", "<=", ">", ">="}
-
-
-def _violation(message: str) -> InvalidArgument:
-    return InvalidArgument(f"filter: {message}", [FieldViolation("filter", message)])
-
-
-def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
-    result: ColumnElement[bool] = {
-        "=": column == value,
-        "<": column < value,
-        "<=": column <= value,
-        ">": column > value,
-        ">=": column >= value,
-    }[op]
-    return result
 
 
 def parse_filter(expression: str, action_numbers: dict[str, int]) -> list[ColumnElement[bool]]:
@@ -346,53 +326,41 @@ def parse_filter(expression: str, action_numbers: dict[str, int]) -> list[Column
         InvalidArgument: the filter does not parse or names an unknown field, operator or value.
 
     """
-    conditions: list[ColumnElement[bool]] = []
-    pos, text_ = 0, expression.strip()
-    while pos < len(text_):
-        term = _TERM.match(text_, pos)
-        if term is None:
-            raise _violation(f"expected `field operator value` at offset {pos}")
-        name, op, raw = term["field"], term["op"], term["value"]
-        value = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
-        if name in _TEXT_FIELDS:
+
+    def text_field(column: Any) -> filters.Field:
+        def make(op: str, value: str, field: str) -> ColumnElement[bool]:
             if op != "=":
-                raise _violation(f"{name} supports only =")
-            conditions.append(_TEXT_FIELDS[name] == value)
-        elif name == "action":
-            number = action_numbers.get(value) or action_numbers.get(f"AUDIT_ACTION_{value}")
-            if op != "=" or not number:
-                raise _violation(f"action must be compared with = to an AuditAction name, got {op} {value!r}")
-            conditions.append(action_case() == number)
-        elif name == "event_time":
-            if op not in _RANGE_OPS:
-                raise _violation(f"event_time does not support {op}")
-            try:
-                when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-            except ValueError:
-                when = None
-            if when is None or when.tzinfo is None:
-                raise _violation(f"event_time must be an RFC 3339 time with an offset, got {value!r}")
-            conditions.append(_compare(_EV.event_time, op, when))
-        elif name == "sequence":
-            if op not in _RANGE_OPS or not re.fullmatch(r"\d{1,18}", value):
-                raise _violation(
-                    f"sequence must be compared with =, <, <=, > or >= to a whole number, got {value!r}"
-                )
-            conditions.append(_compare(_EV.sequence, op, int(value)))
-        else:
-            raise _violation(
-                f"unknown field {name!r}; filter on resource, principal, method, action, request_id, "
-                "event_time or sequence"
+                raise filters.violation(f"{field} supports only =")
+            return filters.compare(column, op, value, field)
+
+        return make
+
+    def action(op: str, value: str, field: str) -> ColumnElement[bool]:
+        number = action_numbers.get(value) or action_numbers.get(f"AUDIT_ACTION_{value}")
+        if op != "=" or not number:
+            raise filters.violation(
+                f"action must be compared with = to an AuditAction name, got {op} {value!r}"
             )
-        pos = term.end()
-        if pos < len(text_):
-            joiner = _AND.match(text_, pos)
-            if joiner is None:
-                raise _violation(f"expected AND at offset {pos} (only AND is supported)")
-            pos = joiner.end()
-            if pos >= len(text_):
-                raise _violation("a term must follow AND")
-    return conditions
+        return action_case() == number
+
+    def sequence(op: str, value: str, field: str) -> ColumnElement[bool]:
+        if op not in filters.RANGE_OPS or not re.fullmatch(r"\d{1,18}", value):
+            raise filters.violation(
+                f"sequence must be compared with =, <, <=, > or >= to a whole number, got {value!r}"
+            )
+        return filters.compare(_EV.sequence, op, int(value), field)
+
+    return filters.conditions(
+        expression,
+        {
+            **{name: text_field(column) for name, column in _TEXT_FIELDS.items()},
+            "action": action,
+            "event_time": lambda op, value, field: filters.compare(
+                _EV.event_time, op, filters.timestamp(value, field), field
+            ),
+            "sequence": sequence,
+        },
+    )
 
 
 async def list_events(

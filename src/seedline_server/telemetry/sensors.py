@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Select, select
 
 from seedline_server.domain.errors import FieldViolation, InvalidArgument, InvalidUpdateMask, NotFound
-from seedline_server.service import registry
+from seedline_server.service import filters, registry
 from seedline_server.service.uow import UnitOfWork, new_id, now
 from seedline_server.store import models
 from seedline_server.store.telemetry_models import Sensor
@@ -106,28 +106,16 @@ _FILTER_FIELDS = {"section", "metric", "status"}
 def parse_filter(
     text: str, metric_names: dict[str, int], status_names: dict[str, int]
 ) -> list[tuple[str, str, Any]]:
-    """An AIP-160 subset: ``field = value`` / ``field != value`` joined with ``AND``."""
+    """An AIP-160 subset: ``section``, ``metric`` or ``status`` with ``=`` / ``!=``, joined with ``AND``."""
     out: list[tuple[str, str, Any]] = []
-    if not text.strip():
-        return out
-    for clause in text.split(" AND "):
-        op = "!=" if "!=" in clause else "="
-        field, _, raw = clause.partition(op)
-        field, raw = field.strip(), raw.strip().strip('"')
-        if field not in _FILTER_FIELDS or not raw:
-            raise InvalidArgument(
-                f"filter: cannot read {clause.strip()!r}",
-                [FieldViolation("filter", "use section, metric or status with = or != joined by AND")],
-            )
+    for field, op, raw in filters.terms(text):
+        if field not in _FILTER_FIELDS or op not in {"=", "!="}:
+            raise filters.violation(f"use section, metric or status with = or != (not {field} {op})")
         value: Any = raw
         if field == "metric":
-            value = metric_names.get(raw)
+            value = filters.enum_number(raw, metric_names, "METRIC_", field)
         elif field == "status":
-            value = status_names.get(raw)
-        if value is None:
-            raise InvalidArgument(
-                f"filter: unknown value {raw!r}", [FieldViolation("filter", f"unknown {raw}")]
-            )
+            value = filters.enum_number(raw, status_names, "SENSOR_STATUS_", field)
         out.append((field, op, value))
     return out
 
