@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,18 @@ app = typer.Typer(help="Seedline: seed-to-sale traceability hub.", no_args_is_he
 # soft_wrap: never hard-wrap, so printed commands stay copy-pasteable in any terminal width.
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 REPO = Path(__file__).resolve().parents[2]
+# Options of the commands that call the API.
+_Target = Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")]
+_Token = Annotated[
+    str | None, typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key).")
+]
+
+
+def _print_lines(lines: Iterable[str]) -> None:
+    """Print a command's summary to stdout as is (no markup, no wrapping)."""
+    out = Console(soft_wrap=True, highlight=False)
+    for line in lines:
+        out.print(line, markup=False)
 
 
 def _settings() -> Settings:
@@ -571,9 +584,7 @@ app.add_typer(telemetry_app, name="telemetry")
 @telemetry_app.command("simulate")
 def telemetry_simulate(
     license: Annotated[str, typer.Option(help="The license, `licenses/ID` or ID.")],
-    target: Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")] = (
-        "127.0.0.1:50051"
-    ),
+    target: _Target = "127.0.0.1:50051",
     sensors: Annotated[
         int, typer.Option(help="Register this many sensors in --section first (temperature/humidity).", min=0)
     ] = 0,
@@ -593,10 +604,7 @@ def telemetry_simulate(
         float, typer.Option(help="Share of readings made invalid on purpose (0..1).", min=0.0, max=1.0)
     ] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed of the simulated values.")] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
-    ] = None,
+    token: _Token = None,
     rows: Annotated[
         bool,
         typer.Option(
@@ -685,9 +693,7 @@ def telemetry_simulate(
     except asyncio.CancelledError:
         console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
-    out = Console(soft_wrap=True, highlight=False)
-    for line in sim.describe(summary):
-        out.print(line, markup=False)
+    _print_lines(sim.describe(summary))
     if summary.errors:
         raise typer.Exit(1)
 
@@ -712,13 +718,8 @@ def integration_sync(
         str,
         typer.Option(help="full (reconciliation, lists differences) or incremental.", case_sensitive=False),
     ] = "full",
-    target: Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")] = (
-        "127.0.0.1:50051"
-    ),
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
-    ] = None,
+    target: _Target = "127.0.0.1:50051",
+    token: _Token = None,
     request_id: Annotated[
         str | None, typer.Option(help="Idempotency key: a retry with the same id follows the same run.")
     ] = None,
@@ -775,9 +776,7 @@ def integration_sync(
     except ci.SyncError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
-    out = Console(soft_wrap=True, highlight=False)
-    for line in ci.describe(outcome):
-        out.print(line, markup=False)
+    _print_lines(ci.describe(outcome))
     if outcome.failed:
         raise typer.Exit(1)
 
@@ -862,13 +861,8 @@ def import_openthc(
     namespace: Annotated[
         str, typer.Option(help="Keeps imports of the same OpenTHC ids by different tenants apart.")
     ] = "",
-    target: Annotated[str, typer.Option(help="host:port of the server's direct gRPC listener.")] = (
-        "127.0.0.1:50051"
-    ),
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="SEEDLINE_TOKEN", help="Bearer token (JWT, session token or API key)."),
-    ] = None,
+    target: _Target = "127.0.0.1:50051",
+    token: _Token = None,
 ) -> None:
     """Import OpenTHC companies, licenses, sections, varieties, products, plants and inventory.
 
@@ -910,9 +904,7 @@ def import_openthc(
             f"[red]stopped: {exc}[/]\nRe-run the import when the server is back: nothing is imported twice."
         )
         raise typer.Exit(2) from None
-    out = Console(soft_wrap=True, highlight=False)
-    for line in openthc_import.describe(report):
-        out.print(line, markup=False)
+    _print_lines(openthc_import.describe(report))
     if report.errors:
         raise typer.Exit(1)
 

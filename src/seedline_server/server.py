@@ -193,9 +193,10 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
     audit_servicer = AuditServicer(database)
     lab_servicer = await lab_api.build_servicer(settings, database)
     integration_servicer = integration_api.build_servicer(settings, database, engine, keyring)
+    listen_url = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)  # LISTEN/NOTIFY
     feed = TransferFeed(
         database,
-        database_url.replace("postgresql+asyncpg://", "postgresql://", 1),
+        listen_url,
         CallContext(principal=SYSTEM, method="seedline.server.TransferFeed"),
     )
     await feed.start()
@@ -217,7 +218,7 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
     await pipeline.start()
     readings_feed = ReadingFeed()
     pipeline.add_listener(readings_feed)
-    alert_hub = AlertHub(database, database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    alert_hub = AlertHub(database, listen_url)
     await alert_hub.start()
     pipeline.add_listener(alert_hub.on_readings)
     telemetry_servicer = TelemetryServicer(

@@ -10,7 +10,8 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -232,6 +233,13 @@ def test_authentication_failures_are_counted_by_reason(recorded: Recorded) -> No
 async def test_disabled_telemetry_leaves_the_handler_alone() -> None:
     disabled = instruments.Telemetry()
     assert not disabled.enabled
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(_ok)
+
+    async def resolve(_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        return handler
+
+    details = cast(grpc.HandlerCallDetails, SimpleNamespace(method=f"/{SERVICE}/Ok", invocation_metadata=()))
+    assert await TracingInterceptor(disabled).intercept_service(resolve, details) is handler
     async with Probe(disabled) as probe:
         assert await probe.call("Ok") == empty_pb2.Empty()
         with pytest.raises(grpc.aio.AioRpcError) as missing:

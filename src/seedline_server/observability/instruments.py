@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from opentelemetry import metrics, trace
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider, Tracer, TracerProvider
 
@@ -126,8 +125,3 @@ def install(telemetry: Telemetry | None) -> Telemetry:
     previous = _current
     _current = telemetry if telemetry is not None else _DISABLED
     return previous
-
-
-def global_providers() -> tuple[TracerProvider, MeterProvider]:
-    """OpenTelemetry's global providers (for libraries that read them)."""
-    return trace.get_tracer_provider(), metrics.get_meter_provider()

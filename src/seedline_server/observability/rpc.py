@@ -75,13 +75,12 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | N
 class _Call:
     """One RPC's span and measurements (shared by the unary and streaming wrappers)."""
 
-    __slots__ = ("attrs", "metadata", "method", "rid", "span_name", "started", "telemetry")
+    __slots__ = ("attrs", "metadata", "method", "rid", "started", "telemetry")
 
     def __init__(self, telemetry: Telemetry, method: str, metadata: dict[str, str]) -> None:
         self.telemetry = telemetry
-        self.span_name = method.lstrip("/")
-        service, _, short = self.span_name.partition("/")
-        self.method = self.span_name
+        self.method = method.lstrip("/")  # pkg.Service/Method: the span's name and metric label
+        service, _, short = self.method.partition("/")
         self.metadata = metadata
         self.rid = metadata.get("x-request-id", "")
         self.attrs: dict[str, str] = {
@@ -105,9 +104,7 @@ class _Call:
         if not t.tracing and not traced:
             return None, None
         parent = propagate.extract(self.metadata) if traced else None
-        span = t.tracer.start_span(
-            self.span_name, context=parent, kind=SpanKind.SERVER, attributes=self.attrs
-        )
+        span = t.tracer.start_span(self.method, context=parent, kind=SpanKind.SERVER, attributes=self.attrs)
         return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
     def end(self, span: trace.Span | None, token: Token[Context] | None, code: str) -> None:

@@ -80,7 +80,7 @@ def configure(settings: Settings, *, service: str, console: bool | None = None) 
     console = settings.otel_console if console is None else console
     name = settings.otel_service_name or os.environ.get("OTEL_SERVICE_NAME") or service
     resource = Resource.create({"service.name": name})
-    configured = Configured(Telemetry())
+    closers: list[Any] = []
     tracer_provider: TracerProvider | None = None
     if endpoint or console:
         tracer_provider = TracerProvider(
@@ -95,8 +95,9 @@ def configure(settings: Settings, *, service: str, console: bool | None = None) 
         if console:
             tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
         trace.set_tracer_provider(tracer_provider)
-        configured.closers.append(tracer_provider.shutdown)
+        closers.append(tracer_provider.shutdown)
     readers: list[MetricReader] = []
+    metrics_port = 0
     if endpoint:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
@@ -117,20 +118,20 @@ def configure(settings: Settings, *, service: str, console: bool | None = None) 
             raise RuntimeError(
                 f"the metrics port {settings.metrics_host}:{settings.metrics_port} cannot be bound: {exc}"
             ) from exc
-        configured.metrics_port = int(server.server_address[1])
+        metrics_port = int(server.server_address[1])
 
         def stop_scrape() -> None:
             server.shutdown()
             server.server_close()
             thread.join(5)
 
-        configured.closers.append(stop_scrape)
+        closers.append(stop_scrape)
     meter_provider: MeterProvider | None = None
     if readers:
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         metrics.set_meter_provider(meter_provider)
-        configured.closers.append(meter_provider.shutdown)
-    configured.telemetry = Telemetry(tracer_provider, meter_provider)
+        closers.append(meter_provider.shutdown)
+    configured = Configured(Telemetry(tracer_provider, meter_provider), metrics_port, closers)
     install(configured.telemetry)
     if configured.telemetry.enabled:
         log.info(
