@@ -200,22 +200,20 @@ async def stream(target: str, messages: list[bytes], latencies: list[float], win
     return accepted
 
 
-async def raw_copy(
-    url: str, table: str, rows: list[list[tuple[int, dt.datetime, float]]], conns: int = 2
-) -> float:
-    """Seconds to COPY every 1,000-row batch (one transaction each) over ``conns`` connections."""
+_COLUMNS = ["sensor_key", "observe_time", "value"]
+
+
+async def timed_copies(url: str, batches: list[Any], copy: Any, conns: int = 2) -> float:
+    """Seconds for ``copy(conn, batch)`` of every batch (one transaction each) over ``conns`` connections."""
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
     pool = [await asyncpg.connect(dsn) for _ in range(conns)]
-    queue: asyncio.Queue[list[tuple[int, dt.datetime, float]]] = asyncio.Queue()
-    for b in rows:
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    for b in batches:
         queue.put_nowait(b)
 
     async def work(conn: asyncpg.Connection) -> None:
         while not queue.empty():
-            batch = queue.get_nowait()
-            await conn.copy_records_to_table(
-                table, records=batch, columns=["sensor_key", "observe_time", "value"]
-            )
+            await copy(conn, queue.get_nowait())
 
     t = time.perf_counter()
     await asyncio.gather(*(work(c) for c in pool))
@@ -225,30 +223,22 @@ async def raw_copy(
     return took
 
 
-async def raw_binary_copy(url: str, table: str, buffers: list[bytes], conns: int = 2) -> float:
-    """Seconds to COPY pre-encoded binary batches (one transaction each): PostgreSQL's own cost."""
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    pool = [await asyncpg.connect(dsn) for _ in range(conns)]
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for b in buffers:
-        queue.put_nowait(b)
+async def raw_copy(url: str, table: str, rows: list[list[tuple[int, dt.datetime, float]]]) -> float:
+    """Seconds to COPY every 1,000-row batch of records (asyncpg encodes them)."""
 
-    async def work(conn: asyncpg.Connection) -> None:
-        while not queue.empty():
-            data = queue.get_nowait()
-            await conn.copy_to_table(
-                table,
-                source=memoryview(data),
-                columns=["sensor_key", "observe_time", "value"],
-                format="binary",
-            )
+    async def copy(conn: asyncpg.Connection, batch: list[tuple[int, dt.datetime, float]]) -> None:
+        await conn.copy_records_to_table(table, records=batch, columns=_COLUMNS)
 
-    t = time.perf_counter()
-    await asyncio.gather(*(work(c) for c in pool))
-    took = time.perf_counter() - t
-    for c in pool:
-        await c.close()
-    return took
+    return await timed_copies(url, rows, copy)
+
+
+async def raw_binary_copy(url: str, table: str, buffers: list[bytes]) -> float:
+    """Seconds to COPY pre-encoded binary batches: PostgreSQL's own cost."""
+
+    async def copy(conn: asyncpg.Connection, data: bytes) -> None:
+        await conn.copy_to_table(table, source=memoryview(data), columns=_COLUMNS, format="binary")
+
+    return await timed_copies(url, buffers, copy)
 
 
 async def grpc_run(target: str, msgs: list[list[bytes]]) -> tuple[float, list[float]]:

@@ -221,8 +221,7 @@ def parse_columns(columns: pb.ReadingColumns, offset: int) -> tuple[Columns, lis
         ]
         good = ~bad
         index, micros, values, where = index[good], micros[good], values[good], where[good]
-    parsed = Columns(sensor_ids, index, micros, values, units[index] if len(units) else index)
-    return parsed, where.tolist(), refused
+    return Columns(sensor_ids, index, micros, values, units[index]), where.tolist(), refused
 
 
 def rejections(ack: Ack, readings: Any) -> list[pb.RejectedReading]:
@@ -353,20 +352,16 @@ class TelemetryCore(telemetry_pb2_grpc.TelemetryServiceServicer):
         readings: Any,
         columns: pb.ReadingColumns | None = None,
     ) -> tuple[Ack, list[pb.RejectedReading]]:
-        parsed, where, refused = parse_readings(license_id, readings) if readings else (None, [], [])
-        if columns is not None and columns.sensor_indexes:
-            more, at, bad = parse_columns(columns, len(readings))
-            parsed = more if parsed is None else Columns.concat([parsed, more])
-            where, refused = where + at, refused + bad
-        if parsed is None:
-            parsed = Columns.build([], [], [], [])
+        parts = [parse_readings(license_id, readings)]
+        if columns is not None:
+            parts.append(parse_columns(columns, len(readings)))
         ack = await self._pipeline.submit_columns(
             license_id=license_id,
             gateway_id=gateway_id,
             sequence=sequence,
-            columns=parsed,
-            positions=where,
-            refused=refused,
+            columns=Columns.concat([p[0] for p in parts]),
+            positions=[i for p in parts for i in p[1]],
+            refused=[r for p in parts for r in p[2]],
         )
         return ack, rejections(ack, readings)
 

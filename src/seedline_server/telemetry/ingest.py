@@ -131,20 +131,18 @@ class Columns:
 
     @classmethod
     def concat(cls, parts: Sequence[Columns]) -> Columns:
-        """One batch of the readings of ``parts``, in order."""
-        if len(parts) == 1:
-            return parts[0]
+        """One batch of the readings of ``parts`` (at least one), in order."""
         ids: dict[str, int] = {}
-        indexes = []
-        for part in parts:
-            remap = np.array([ids.setdefault(sid, len(ids)) for sid in part.sensor_ids], dtype=np.int64)
-            indexes.append(remap[part.sensor_index] if len(remap) else part.sensor_index)
+        index = [
+            np.array([ids.setdefault(sid, len(ids)) for sid in p.sensor_ids], dtype=np.int64)[p.sensor_index]
+            for p in parts
+        ]
         return cls(
             list(ids),
-            np.concatenate(indexes) if indexes else np.zeros(0, dtype=np.int64),
-            np.concatenate([p.micros for p in parts]) if parts else np.zeros(0, dtype=np.int64),
-            np.concatenate([p.values for p in parts]) if parts else np.zeros(0, dtype=np.float64),
-            np.concatenate([p.units for p in parts]) if parts else np.zeros(0, dtype=np.int64),
+            np.concatenate(index),
+            np.concatenate([p.micros for p in parts]),
+            np.concatenate([p.values for p in parts]),
+            np.concatenate([p.units for p in parts]),
         )
 
     def __len__(self) -> int:
