@@ -29,12 +29,12 @@ from seedline_server.service import alerts as uses
 from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import alert_models as am
 from seedline_server.store import integration_models as im
-from seedline_server.store import telemetry_models as tm
 from seedline_server.telemetry import sensors as telemetry_sensors
 from seedline_server.telemetry.alerts import AlertHub
 from seedline_server.telemetry.ingest import CommittedReading
 from tests.integration.conftest import CTX, Farm
 from tests.integration.test_outbox import add_integration
+from tests.integration.test_telemetry_pipeline import add_sensor
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -77,33 +77,6 @@ async def stack(database: Database, migrated: str) -> AsyncIterator[Stack]:
         await channel.close()
         await server.stop(grace=None)
         await hub.stop()
-
-
-async def add_sensor(db: Database, farm: Farm, metric: int = TEMPERATURE, unit: int = CELSIUS) -> str:
-    sid = str(ULID())
-    t = datetime.now(UTC)
-
-    async def run(uow: UnitOfWork) -> None:
-        uow.session.add(
-            tm.Sensor(
-                id=sid,
-                license_id=farm.license_id,
-                section_id=farm.section_id,
-                display_name="probe",
-                metric=metric,
-                unit=unit,
-                reporting_interval_seconds=10,
-                status=0,
-                last_observe_time=None,
-                create_time=t,
-                update_time=t,
-                version=1,
-                delete_time=None,
-            )
-        )
-
-    await db.write(CTX, run)
-    return sid
 
 
 def section_name(farm: Farm) -> str:
