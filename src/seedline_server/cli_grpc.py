@@ -15,7 +15,7 @@ def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def _details(err: grpc.aio.AioRpcError) -> Iterator[any_pb2.Any]:
+def status_details(err: grpc.aio.AioRpcError) -> Iterator[any_pb2.Any]:
     """The details of the ``google.rpc.Status`` the server attached (none when unreadable)."""
     for key, value in err.trailing_metadata() or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
@@ -26,7 +26,7 @@ def _details(err: grpc.aio.AioRpcError) -> Iterator[any_pb2.Any]:
 def describe_error(err: grpc.aio.AioRpcError) -> str:
     """``CODE: message`` plus the reason and field violations the server attached."""
     parts = [f"{err.code().name}: {err.details()}"]
-    for detail in _details(err):
+    for detail in status_details(err):
         info = error_details_pb2.ErrorInfo()
         bad = error_details_pb2.BadRequest()
         if detail.Unpack(info):
@@ -39,7 +39,7 @@ def describe_error(err: grpc.aio.AioRpcError) -> str:
 def field_violations(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
     """The (field, description) pairs of the error's BadRequest detail, if any."""
     found: list[tuple[str, str]] = []
-    for detail in _details(err):
+    for detail in status_details(err):
         bad = error_details_pb2.BadRequest()
         if detail.Unpack(bad):
             found.extend((v.field, v.description) for v in bad.field_violations)
