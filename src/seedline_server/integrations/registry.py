@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from seedline.integration.v1 import integration_pb2 as pb
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,9 +20,22 @@ from seedline_server.integrations.limits import SharedLimits
 from seedline_server.integrations.transport import Http, RemoteError
 from seedline_server.store import integration_models as im
 
-__all__ = ["Connectors", "IntegrationRow"]
+__all__ = ["CONFIG_TYPES", "Connectors", "IntegrationRow", "open_row", "parse_config"]
 
 _TTL = 2.0  # seconds a built connector is reused before its row's version is checked again
+
+# The config message of each kind (stored as proto3 JSON in ``integrations.config``).
+CONFIG_TYPES: dict[str, type[Message]] = {
+    "METRC": pb.MetrcConfig,
+    "BIOTRACKTHC": pb.BioTrackConfig,
+    "LIMS": pb.LimsConfig,
+    "WEBHOOK": pb.WebhookConfig,
+}
+
+
+def parse_config(kind: str, config: dict[str, Any] | None) -> Any:
+    """The kind's config message parsed from the stored proto3 JSON."""
+    return json_format.ParseDict(config or {}, CONFIG_TYPES[kind](), ignore_unknown_fields=True)
 
 
 @dataclass(frozen=True)
@@ -59,13 +73,23 @@ class IntegrationRow:
 
     def config_message(self) -> Any:
         """The kind's config message parsed from the stored proto3 JSON."""
-        cls = {
-            "METRC": pb.MetrcConfig,
-            "BIOTRACKTHC": pb.BioTrackConfig,
-            "LIMS": pb.LimsConfig,
-            "WEBHOOK": pb.WebhookConfig,
-        }[self.kind]
-        return json_format.ParseDict(self.config, cls(), ignore_unknown_fields=True)
+        return parse_config(self.kind, self.config)
+
+
+def open_row(keyring: KeyRing, row: Any) -> IntegrationRow:
+    """An :class:`IntegrationRow` of a stored integration (anything with its columns), credentials opened.
+
+    Raises:
+        SecretError: the stored credentials cannot be opened with ``keyring``.
+
+    """
+    creds = None
+    if row.credentials is not None:
+        name = f"licenses/{row.license_id}/integrations/{row.id}"
+        creds = Secret(keyring.open(row.credentials, name.encode()))
+    return IntegrationRow(
+        row.id, row.license_id, row.kind, row.endpoint_uri, row.config or {}, creds, row.version
+    )
 
 
 class Connectors:
@@ -100,13 +124,7 @@ class Connectors:
                 maybe_sent=False,
                 counts_for_breaker=False,
             )
-        name = f"licenses/{row.license_id}/integrations/{row.id}"
-        creds = None
-        if row.credentials is not None:
-            creds = Secret(self._keyring.open(row.credentials, name.encode()))
-        return IntegrationRow(
-            row.id, row.license_id, row.kind, row.endpoint_uri, row.config or {}, creds, row.version
-        )
+        return open_row(self._keyring, row)
 
     async def __call__(self, integration_id: str) -> Connector:
         """The connector of ``integration_id``, built from its current row."""

@@ -31,7 +31,7 @@ from sqlalchemy import Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from ulid import ULID
 
-from seedline_server.crypto import KeyRing, Secret, SecretError
+from seedline_server.crypto import KeyRing, SecretError
 from seedline_server.domain import paging
 from seedline_server.domain.errors import (
     AlreadyExists,
@@ -44,7 +44,13 @@ from seedline_server.domain.errors import (
     NotFound,
 )
 from seedline_server.integrations.connector import TestReport
-from seedline_server.integrations.registry import Connectors, IntegrationRow
+from seedline_server.integrations.registry import (
+    CONFIG_TYPES,
+    Connectors,
+    IntegrationRow,
+    open_row,
+    parse_config,
+)
 from seedline_server.integrations.sync import SYNC_CHANNEL
 from seedline_server.integrations.transport import Exchange, RemoteError
 from seedline_server.integrations.worker import log_rows
@@ -87,12 +93,6 @@ CONFIG_FIELDS: dict[str, str] = {
     "BIOTRACKTHC": "biotrack",
     "LIMS": "lims",
     "WEBHOOK": "webhook",
-}
-_CONFIG_TYPES: dict[str, type[Message]] = {
-    "METRC": pb.MetrcConfig,
-    "BIOTRACKTHC": pb.BioTrackConfig,
-    "LIMS": pb.LimsConfig,
-    "WEBHOOK": pb.WebhookConfig,
 }
 
 
@@ -162,7 +162,7 @@ def _check_spec(spec: Spec, prefix: str = "integration") -> None:
             [FieldViolation(f"{prefix}.kind", "must be set")],
         )
     field = CONFIG_FIELDS[spec.kind]
-    if spec.config is None or not isinstance(spec.config, _CONFIG_TYPES[spec.kind]):
+    if spec.config is None or not isinstance(spec.config, CONFIG_TYPES[spec.kind]):
         bad.append(FieldViolation(f"{prefix}.{field}", f"required for {spec.kind} integrations"))
     if spec.credentials is not None and spec.credentials.WhichOneof("kind") != field:
         bad.append(
@@ -185,7 +185,8 @@ def _config_json(config: Message) -> dict[str, Any]:
 
 def config_message(row: im.Integration) -> Message:
     """The stored config of ``row`` as its kind's message."""
-    return json_format.ParseDict(row.config or {}, _CONFIG_TYPES[row.kind](), ignore_unknown_fields=True)
+    config: Message = parse_config(row.kind, row.config)
+    return config
 
 
 def _events(kind: str, config: Message) -> list[str]:
@@ -331,7 +332,7 @@ def _paths(mask: Sequence[str], spec: Spec, kind: str) -> list[str]:
     paths = list(mask)
     if not paths or paths == ["*"]:
         paths = [*_MUTABLE, config_field] + (["credentials"] if spec.credentials is not None else [])
-    config_subfields = set(_CONFIG_TYPES[kind].DESCRIPTOR.fields_by_name)
+    config_subfields = set(CONFIG_TYPES[kind].DESCRIPTOR.fields_by_name)
     bad = []
     for p in paths:
         head, _, sub = p.partition(".")
@@ -382,7 +383,7 @@ async def update_integration(
         head, _, sub = p.partition(".")
         if head != config_field:
             continue
-        if spec.config is None or not isinstance(spec.config, _CONFIG_TYPES[row.kind]):
+        if spec.config is None or not isinstance(spec.config, CONFIG_TYPES[row.kind]):
             raise InvalidArgument(
                 f"update_mask names {p} but integration.{config_field} is not set",
                 [FieldViolation(f"integration.{config_field}", "required when named in update_mask")],
@@ -721,20 +722,16 @@ class ConnectionTest:
 
 
 def _opened(keyring: KeyRing, row: im.Integration) -> IntegrationRow:
-    name = integration_name(row.license_id, row.id)
     if row.credentials is None:
         raise FailedPrecondition(
             "no credentials are stored for this integration; set them with UpdateIntegration before testing"
         )
     try:
-        creds = Secret(keyring.open(row.credentials, name.encode()))
+        return open_row(keyring, row)
     except SecretError as exc:
         raise FailedPrecondition(
             "the stored credentials cannot be opened with the configured keys; set them again"
         ) from exc
-    return IntegrationRow(
-        row.id, row.license_id, row.kind, row.endpoint_uri, row.config or {}, creds, row.version
-    )
 
 
 async def _probe(connectors: Connectors, target: IntegrationRow, exchanges: list[Exchange]) -> TestReport:
