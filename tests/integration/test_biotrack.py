@@ -11,7 +11,6 @@ import os
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import db, models
 from seedline_server.store import integration_models as im
 from tests.integration.conftest import CTX, Farm
+from tests.support.integrations import insert_integration
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -118,34 +118,17 @@ def credentials(password: str = PASSWORD) -> bytes:
 
 async def add_integration(database: Database, farm: Farm, keyring: KeyRing, fake: Fake) -> str:
     """A BIOTRACKTHC integration row with sealed credentials, as CreateIntegration stores it."""
-    iid = str(ULID())
-    t = datetime.now(UTC)
-    name = f"licenses/{farm.license_id}/integrations/{iid}"
-    sealed = keyring.seal(credentials(), name.encode())
-
-    async def run(uow: UnitOfWork) -> None:
-        uow.session.add(
-            im.Integration(
-                id=iid,
-                license_id=farm.license_id,
-                kind="BIOTRACKTHC",
-                display_name="BioTrackTHC",
-                endpoint_uri=fake.endpoint,
-                enabled=True,
-                config={"ubi": UBI, "location": LOCATION},
-                events=[],
-                credentials=sealed,
-                credentials_update_time=t,
-                breaker_state="CLOSED",
-                breaker_failures=0,
-                create_time=t,
-                update_time=t,
-                version=1,
-            )
-        )
-
-    await database.write(CTX, run)
-    return iid
+    return await insert_integration(
+        database,
+        CTX,
+        farm.license_id,
+        "BIOTRACKTHC",
+        endpoint_uri=fake.endpoint,
+        display_name="BioTrackTHC",
+        config={"ubi": UBI, "location": LOCATION},
+        credentials=pb.Credentials.FromString(credentials()),
+        keyring=keyring,
+    )
 
 
 def row(fake: Fake, *, password: str = PASSWORD, location: str = LOCATION) -> IntegrationRow:

@@ -48,6 +48,7 @@ from seedline_server.store import db, models
 from seedline_server.store import integration_models as im
 from tests.integration.conftest import CTX, make_farm
 from tests.support.fakes import FakeProcess
+from tests.support.integrations import insert_integration
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -194,39 +195,19 @@ async def add_lims(
     account: str = "",
 ) -> str:
     """A LIMS integration with sealed credentials, as CreateIntegration stores it."""
-    iid = str(ULID())
-    name = f"licenses/{site.license_id}/integrations/{iid}"
-    creds = pb.Credentials(lims=pb.LimsCredentials(api_key=key, webhook_signing_secret=INBOUND_SECRET))
-    sealed = KEYRING.seal(creds.SerializeToString(), name.encode())
-    t = datetime.now(UTC)
-
-    async def run(uow: UnitOfWork) -> None:
-        uow.session.add(
-            im.Integration(
-                id=iid,
-                license_id=site.license_id,
-                kind="LIMS",
-                display_name="QA Lab LIMS",
-                endpoint_uri=url,
-                enabled=True,
-                config={
-                    "vendor": "openthc",
-                    "labLicenseNumber": lab_number or site.lab_number,
-                    "accountId": account,
-                },
-                events=[],
-                credentials=sealed,
-                credentials_update_time=t,
-                breaker_state="CLOSED",
-                breaker_failures=0,
-                create_time=t,
-                update_time=t,
-                version=1,
-            )
-        )
-
-    await database.write(CTX, run)
-    return iid
+    return await insert_integration(
+        database,
+        CTX,
+        site.license_id,
+        "LIMS",
+        endpoint_uri=url,
+        display_name="QA Lab LIMS",
+        config={"vendor": "openthc", "labLicenseNumber": lab_number or site.lab_number, "accountId": account},
+        credentials=pb.Credentials(
+            lims=pb.LimsCredentials(api_key=key, webhook_signing_secret=INBOUND_SECRET)
+        ),
+        keyring=KEYRING,
+    )
 
 
 async def take_sample(database: Database, site: Site, grams: str = "2.5") -> str:

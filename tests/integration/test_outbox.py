@@ -30,6 +30,7 @@ from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import db
 from seedline_server.store import integration_models as im
 from tests.integration.conftest import CTX, Farm
+from tests.support.integrations import insert_integration
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -48,32 +49,14 @@ async def engine(migrated: str) -> AsyncIterator[AsyncEngine]:
 async def add_integration(
     database: Database, farm: Farm, kind: str = "WEBHOOK", events: list[str] | None = None
 ) -> str:
-    iid = str(ULID())
-    t = datetime.now(UTC)
-
-    async def run(uow: UnitOfWork) -> None:
-        uow.session.add(
-            im.Integration(
-                id=iid,
-                license_id=farm.license_id,
-                kind=kind,
-                display_name="test",
-                endpoint_uri="" if kind == "WEBHOOK" else "https://remote.invalid",
-                enabled=True,
-                config={},
-                events=events if events is not None else ["plant.updated", "lot.updated"],
-                credentials=None,
-                credentials_update_time=None,
-                breaker_state="CLOSED",
-                breaker_failures=0,
-                create_time=t,
-                update_time=t,
-                version=1,
-            )
-        )
-
-    await database.write(CTX, run)
-    return iid
+    return await insert_integration(
+        database,
+        CTX,
+        farm.license_id,
+        kind,
+        endpoint_uri="" if kind == "WEBHOOK" else "https://remote.invalid",
+        events=events if events is not None else ["plant.updated", "lot.updated"],
+    )
 
 
 async def enqueue(engine: AsyncEngine, iid: str, license_id: str, resources: list[str]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import ssl
 import subprocess
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 
 from seedline_server.integrations.fakes import spawn
+from tests.support.stack import stop_process
 
 
 @dataclass
@@ -63,13 +63,7 @@ class FakeProcess:
         """SIGTERM, then SIGKILL after 10 s."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
+
+from tests.support.stack import free_port, stop_process  # mosquitto cannot listen on port 0
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
@@ -35,13 +36,6 @@ def mosquitto_binary() -> str | None:
         return None
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     return found
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (mosquitto cannot listen on port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def broker_config(port: int, data: Path) -> str:
@@ -132,13 +126,7 @@ class Broker:
         """SIGTERM (mosquitto saves its persistence file), then SIGKILL after 10 s."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self.proc = None
 
     def restart(self) -> None:
@@ -210,14 +198,7 @@ class BridgeProcess:
         """SIGTERM (the bridge commits and acknowledges what it handed over), SIGKILL after 20 s."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        code = stop_process(self.proc, 20)
         self.proc = None
         return code
 

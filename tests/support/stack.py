@@ -50,6 +50,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> int:
+    """Signal ``proc`` unless it has ended, SIGKILL it after ``timeout`` s; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def wait_healthy(target: str, timeout: float = 30.0, service: str = "") -> None:
     """Block until the gRPC health check of ``service`` at ``target`` answers SERVING."""
     deadline = time.monotonic() + timeout
@@ -120,14 +132,7 @@ class ServerProcess:
         """Signal the server and wait; returns its exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        code = stop_process(self.proc, timeout, sig)
         self.proc = None
         return code
 
