@@ -57,12 +57,13 @@ gen-check: gen
 pytest: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
-## Both benchmarks (they print figures, they assert nothing); ~7 min on a 2-core machine.
+## Every benchmark, one after the other (they print figures, they assert nothing).
 bench: install
 	$(BIN)/python bench/bench_rpc.py
 	$(BIN)/python bench/bench_inventory.py
 	$(BIN)/python bench/bench_integrations.py
 	$(BIN)/python bench/bench_telemetry.py
+	$(BIN)/python bench/bench_ingest_cpu.py
 
 clean:
 	rm -rf $(VENV) .seedline
