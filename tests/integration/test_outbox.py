@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ulid import ULID
 
 from seedline_server.domain import plant as plant_rules
+from seedline_server.integrations import limits
 from seedline_server.integrations.connector import Job, Outcome
 from seedline_server.integrations.limits import KEEP_SECONDS, Bucket, SharedLimits
 from seedline_server.integrations.transport import Exchange, RemoteError
@@ -410,6 +411,24 @@ async def test_concurrency_slots_bound_in_flight_calls(engine: AsyncEngine) -> N
             )
         ).scalar_one()
     assert held == 0
+
+
+async def test_a_slot_kept_again_is_kept_for_its_whole_keep_time(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "KEEP_SECONDS", 1.0)
+    key = f"test:{ULID()}"
+    lim = SharedLimits(engine, "keeper")
+    async with lim.slot(key, 1):
+        pass
+    await asyncio.sleep(0.6)
+    async with lim.slot(key, 1):  # reused, and kept again until 1.6 s
+        pass
+    await asyncio.sleep(0.6)  # past the first keep's timer (1.0 s), not the second's
+    async with lim.slot(key, 1):
+        pass
+    assert lim.slot_claims == 1
+    await lim.close()
 
 
 async def test_an_expired_slot_lease_is_reclaimed(engine: AsyncEngine) -> None:

@@ -96,7 +96,7 @@ class _Takers:
     running: bool = False
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a release timer must not match a later keep of the same slot
 class _Kept:
     """A concurrency slot this process holds between requests."""
 
