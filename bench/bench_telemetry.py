@@ -205,7 +205,7 @@ _COLUMNS = ["sensor_key", "observe_time", "value"]
 
 async def timed_copies(url: str, batches: list[Any], copy: Any, conns: int = 2) -> float:
     """Seconds for ``copy(conn, batch)`` of every batch (one transaction each) over ``conns`` connections."""
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    dsn = db.libpq_url(url)
     pool = [await asyncpg.connect(dsn) for _ in range(conns)]
     queue: asyncio.Queue[Any] = asyncio.Queue()
     for b in batches:
@@ -282,7 +282,7 @@ async def main(args: argparse.Namespace) -> None:
 
             # Baselines first (into the smaller table, so they are not slowed by what gRPC wrote):
             # the same rows straight into the same table (same indexes), a few days apart.
-            dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+            dsn = db.libpq_url(url)
             shift = dt.timedelta(days=1)
             conn = await asyncpg.connect(dsn)
             keys = {r[0]: r[1] for r in await conn.fetch("SELECT id, key FROM sensors")}

@@ -193,7 +193,7 @@ async def start(settings: Settings, database_url: str, *, dev: bool = False) -> 
     audit_servicer = AuditServicer(database)
     lab_servicer = await lab_api.build_servicer(settings, database)
     integration_servicer = integration_api.build_servicer(settings, database, engine, keyring)
-    listen_url = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)  # LISTEN/NOTIFY
+    listen_url = store_db.libpq_url(database_url)  # LISTEN/NOTIFY
     feed = TransferFeed(
         database,
         listen_url,

@@ -28,6 +28,7 @@ from seedline_server.domain.errors import ReferenceInvalid
 from seedline_server.service import alerts as uses
 from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import alert_models as am
+from seedline_server.store import db
 from seedline_server.store import integration_models as im
 from seedline_server.telemetry import sensors as telemetry_sensors
 from seedline_server.telemetry.alerts import AlertHub
@@ -59,7 +60,7 @@ class Stack:
 
 
 def dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return db.libpq_url(url)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -13,6 +13,7 @@ import pytest
 from seedline_server.domain.errors import CredentialsInvalid
 from seedline_server.service.identity import Authenticator, JwtVerifier
 from seedline_server.service.uow import Database
+from seedline_server.store import db
 from tests.integration.conftest import make_farm
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -20,7 +21,7 @@ SEEDLINE = str(Path(sys.executable).parent / "seedline")
 
 
 def cli(pg_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, DATABASE_URL=pg_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    env = dict(os.environ, DATABASE_URL=db.libpq_url(pg_url))
     return subprocess.run([SEEDLINE, *args], env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -18,7 +18,7 @@ from seedline_server.service import inventory, lineage, registry, transfers
 from seedline_server.service.context import Signature
 from seedline_server.service.uow import Database, UnitOfWork, now
 from seedline_server.service.watch import TransferFeed
-from seedline_server.store import models
+from seedline_server.store import db, models
 from tests.integration.conftest import CTX, make_farm
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -189,9 +189,7 @@ async def test_feed_delivers_committed_events_only_with_one_connection(
 ) -> None:
     source, _, lot = await farm_with_clones(database, 10)
     target, _, _ = await farm_with_clones(database, 1)
-    feed = TransferFeed(
-        database, migrated.replace("postgresql+asyncpg://", "postgresql://", 1), CTX, poll_interval=30
-    )
+    feed = TransferFeed(database, db.libpq_url(migrated), CTX, poll_interval=30)
     await feed.start()
     try:
         watchers = [feed.subscribe(target) for _ in range(25)] + [feed.subscribe(source)]

@@ -85,6 +85,11 @@ def stop_embedded(data_dir: Path, timeout: float = 30.0) -> None:
     raise TimeoutError(f"embedded PostgreSQL (pid {pid}) did not stop within {timeout} s")
 
 
+def libpq_url(url: str) -> str:
+    """The plain ``postgresql://`` form of an SQLAlchemy asyncpg URL (for asyncpg.connect, psql)."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
 # A pooled connection idle for longer than this is pinged before use (a restart of PostgreSQL
 # leaves every pooled connection dead); a busy one is not, which saves three round trips
 # (BEGIN, ping, ROLLBACK) on every call under load.

@@ -714,9 +714,7 @@ async def serve(
     pipeline = IngestPipeline(engine, writers=writers)
     # Every process that ingests evaluates the alert rules on what it committed: readings that
     # arrive only over MQTT raise and clear alerts like those of the gRPC stream.
-    alerts = AlertHub(
-        Database(db.sessionmaker(engine)), database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    )
+    alerts = AlertHub(Database(db.sessionmaker(engine)), db.libpq_url(database_url))
     await alerts.start()
     pipeline.add_listener(alerts.on_readings)
     await pipeline.start()

@@ -32,10 +32,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from seedline.telemetry.v1 import telemetry_pb2 as pb
 from seedline.telemetry.v1 import telemetry_pb2_grpc
 
+from seedline_server.cli_grpc import status_details
 from seedline_server.telemetry import ranges
 
 __all__ = ["MAX_BATCH", "MAX_WINDOW", "SimulationError", "Summary", "describe", "simulate"]
@@ -226,13 +227,10 @@ def _identity(data: bytes) -> bytes:
 
 def _retry_delay(err: grpc.aio.AioRpcError) -> float | None:
     """The server's RetryInfo delay, if the error carries one."""
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            with suppress(Exception):
-                for detail in status_pb2.Status.FromString(value).details:
-                    info = error_details_pb2.RetryInfo()
-                    if detail.Unpack(info):
-                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    for detail in status_details(err):
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToTimedelta().total_seconds())
     return None
 
 
