@@ -40,6 +40,7 @@ from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import db, models
 from seedline_server.store import integration_models as im
 from tests.integration.conftest import CTX, Farm
+from tests.support.fakes import FakeAdmin
 from tests.support.integrations import insert_integration
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -54,22 +55,12 @@ FLOWER_DRY = "018NY6XC00PTZZWCH7XVREHK6T"  # OpenTHC "Flower / Dry" → BioTrack
 CO2_OIL = "018NY6XC00PTR9M5Z9S4T31C4R"  # OpenTHC "Extract/Oil/CO2" → BioTrackTHC type 18
 
 
-@dataclass
-class Fake:
+class Fake(FakeAdmin):
     """The running fake: its base URL and an admin client."""
-
-    url: str
-    admin: httpx.AsyncClient
 
     @property
     def endpoint(self) -> str:
         return f"{self.url}/serverjson.asp"
-
-    async def state(self) -> Any:
-        return (await self.admin.get("/_fake/state")).raise_for_status().json()
-
-    async def faults(self, *rules: dict[str, Any]) -> None:
-        (await self.admin.post("/_fake/faults", json={"seed": 1, "rules": list(rules)})).raise_for_status()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +26,7 @@ from seedline_server.integrations.connector import Job
 from seedline_server.integrations.fakes import _serve, webhook_receiver
 from seedline_server.integrations.transport import Exchange, Http, RemoteError
 from seedline_server.integrations.webhook import WebhookConnector
-from tests.support.fakes import FakeProcess
+from tests.support.fakes import FakeAdmin, FakeProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,17 +34,8 @@ SECRET = "whsec-0123456789abcdef0123456789abcdef"
 
 
 @dataclass
-class Receiver:
-    url: str
-    admin: httpx.AsyncClient
+class Receiver(FakeAdmin):
     http: Http
-
-    async def state(self) -> dict[str, Any]:
-        r = await self.admin.get("/_fake/state")
-        r.raise_for_status()
-        data = r.json()
-        assert isinstance(data, dict)
-        return data
 
     def connector(self, secret: str = SECRET, path: str = "/hooks/acme") -> WebhookConnector:
         return WebhookConnector(self.http, f"{self.url}{path}", Secret(secret))

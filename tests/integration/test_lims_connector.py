@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import pytest
@@ -47,7 +46,7 @@ from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import db, models
 from seedline_server.store import integration_models as im
 from tests.integration.conftest import CTX, make_farm
-from tests.support.fakes import FakeProcess
+from tests.support.fakes import FakeAdmin, FakeProcess
 from tests.support.integrations import insert_integration
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -73,21 +72,7 @@ class Site:
     lot_id: str
 
 
-@dataclass
-class Lims:
-    url: str
-    admin: httpx.AsyncClient
-
-    async def state(self) -> dict[str, Any]:
-        r = await self.admin.get("/_fake/state")
-        r.raise_for_status()
-        data = r.json()
-        assert isinstance(data, dict)
-        return data
-
-    async def faults(self, *rules: dict[str, Any]) -> None:
-        r = await self.admin.post("/_fake/faults", json={"rules": list(rules)})
-        r.raise_for_status()
+Lims = FakeAdmin  # the fake LIMS, served in this process
 
 
 @pytest.fixture(scope="module")

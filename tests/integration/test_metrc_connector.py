@@ -36,26 +36,14 @@ from seedline_server.service.uow import Database, UnitOfWork
 from seedline_server.store import db, models
 from seedline_server.store import integration_models as im
 from tests.support import metrc_load as load
+from tests.support.fakes import FakeAdmin
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 FAST = WorkerSettings(batch=8, concurrency=8, base_delay=0.01, max_delay=0.05, breaker_threshold=100)
 
 
-@dataclass
-class Metrc:
-    url: str
-    admin: httpx.AsyncClient
-
-    async def state(self) -> dict[str, Any]:
-        r = await self.admin.get("/_fake/state")
-        r.raise_for_status()
-        data: dict[str, Any] = r.json()
-        return data
-
-    async def post(self, path: str, body: Any) -> None:
-        r = await self.admin.post(path, json=body)
-        r.raise_for_status()
+Metrc = FakeAdmin  # the fake METRC, served in this process
 
 
 @dataclass

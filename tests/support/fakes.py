@@ -67,3 +67,26 @@ class FakeProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
+
+
+@dataclass
+class FakeAdmin:
+    """A fake served in the test's own process: its base URL and a client of its admin endpoints."""
+
+    url: str
+    admin: httpx.AsyncClient
+
+    async def state(self) -> Any:
+        """``GET /_fake/state``."""
+        r = await self.admin.get("/_fake/state")
+        r.raise_for_status()
+        return r.json()
+
+    async def post(self, path: str, body: Any) -> None:
+        """POST a JSON admin request."""
+        r = await self.admin.post(path, json=body)
+        r.raise_for_status()
+
+    async def faults(self, *rules: dict[str, Any]) -> None:
+        """Replace the fake's fault rules (none: no faults)."""
+        await self.post("/_fake/faults", {"rules": list(rules)})
