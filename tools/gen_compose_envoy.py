@@ -23,9 +23,10 @@ docker-compose.yml, and runs `envoy --mode validate` on it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path, PurePosixPath
+
+import generated_file
 
 from seedline_server.certs import PARTNER_URI_PREFIX, DevPki
 from seedline_server.config import Settings
@@ -84,23 +85,9 @@ def render(
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=OUT, help="where to write (default: %(default)s)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if --out differs, write nothing")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is stale: run tools/gen_compose_envoy.py and commit it", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        generated_file.main(
+            render, OUT, "tools/gen_compose_envoy.py", __doc__.splitlines()[0] if __doc__ else None
+        )
+    )

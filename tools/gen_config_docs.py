@@ -13,7 +13,6 @@ tests/unit/test_config_docs.py fails while the committed page differs from what 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import types
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
+import generated_file
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -153,22 +153,9 @@ def render() -> str:
     return "".join(parts)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=OUT, help="where to write (default: %(default)s)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if --out differs, write nothing")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is stale: run tools/gen_config_docs.py and commit it", file=sys.stderr)
-            return 1
-        return 0
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        generated_file.main(
+            render, OUT, "tools/gen_config_docs.py", __doc__.splitlines()[0] if __doc__ else None
+        )
+    )

@@ -6,11 +6,9 @@ configuration is checked with the real envoy binary (`envoy --mode validate`).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,22 +19,13 @@ from seedline_server.certs import write_dev_pki
 from seedline_server.config import Settings
 from seedline_server.edge import UPSTREAM_CLUSTER, EnvoyError, validate_envoy_config
 from seedline_server.telemetry.mqtt_bridge import MqttBridgeSettings
+from tests.support import tools
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "envoy.yaml"
 ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
 SEEDLINE_SERVICES = ("migrate", "server", "worker", "mqtt-bridge")
-
-
-def _tool() -> ModuleType:
-    path = ROOT / "tools" / "gen_compose_envoy.py"
-    spec = importlib.util.spec_from_file_location("gen_compose_envoy", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -271,13 +260,13 @@ def test_literal_setting_values_are_valid(
 
 
 def test_committed_envoy_config_is_what_the_generator_renders() -> None:
-    assert ENVOY_CONFIG.read_text(encoding="utf-8") == _tool().render(), (
+    assert ENVOY_CONFIG.read_text(encoding="utf-8") == tools.load("gen_compose_envoy").render(), (
         "deploy/envoy/envoy.yaml is stale: run .venv/bin/python tools/gen_compose_envoy.py and commit it"
     )
 
 
 def test_envoy_accepts_the_compose_config(tmp_path: Path) -> None:
-    tool = _tool()
+    tool = tools.load("gen_compose_envoy")
     pki = write_dev_pki(tmp_path / "certs")
     # The same rendering with the paths of this machine instead of the container's.
     local = tool.render(certs_dir=pki.directory, descriptor_in_config=tool.DESCRIPTOR)

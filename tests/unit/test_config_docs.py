@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 from seedline_server.config import Settings
 from seedline_server.telemetry.mqtt_bridge import MqttBridgeSettings
+from tests.support import tools
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
 
 
-def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_config_docs", ROOT / "tools" / "gen_config_docs.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_committed_page_is_what_the_generator_writes() -> None:
-    assert DOC.read_text(encoding="utf-8") == _tool().render(), (
+    assert DOC.read_text(encoding="utf-8") == tools.load("gen_config_docs").render(), (
         "docs/configuration.md is stale: run .venv/bin/python tools/gen_config_docs.py and commit it"
     )
 

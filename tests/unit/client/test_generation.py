@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support import tools
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / f"tools/{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_plugin_request_keeps_type_files_and_drops_option_only_imports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "tools"))
-    gen = _load("gen")
+def test_the_plugin_request_keeps_type_files_and_drops_option_only_imports(tmp_path: Path) -> None:
+    gen = tools.load("gen")
     image = tmp_path / "contract.binpb"
     gen.image(image, *gen.DETAILS)
-    request = _load("gen_client").request(image)
+    request = tools.load("gen_client").request(image)
     names = list(request.file_to_generate)
     assert [f.name for f in request.proto_file] == names
     assert "seedline/license/v1/license.proto" in names
@@ -49,9 +35,8 @@ def test_the_plugin_request_keeps_type_files_and_drops_option_only_imports(
     assert request.parameter == "client_generation=sync,server_generation=none"
 
 
-def test_an_image_without_the_error_types_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+def test_an_image_without_the_error_types_is_refused(tmp_path: Path) -> None:
     image = tmp_path / "contract.binpb"
-    _load("gen").image(image)
+    tools.load("gen").image(image)
     with pytest.raises(ValueError, match="google/rpc"):
-        _load("gen_client").request(image)
+        tools.load("gen_client").request(image)
