@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench_telemetry import machine  # the script's directory is on sys.path
+import machine  # bench/ is on sys.path when a script of it runs
 from seedline.telemetry.v1 import telemetry_pb2 as pb
 
 from seedline_server.api.telemetry import ingest_violations, parse_columns, parse_readings
@@ -96,7 +96,7 @@ async def stages(columnar: bool, rounds: int) -> dict[str, float]:
 
 
 async def main(rounds: int) -> None:
-    machine()
+    machine.describe()
     columns, rows = await stages(True, rounds), await stages(False, rounds)
     print(f"\nper batch of {SENSORS * STEPS:,} readings, µs of CPU (best of 3 x {rounds})")
     print(f"{'stage':20} {'columns':>10} {'rows':>10}")

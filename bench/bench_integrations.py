@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import machine
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -71,21 +70,6 @@ def postgres_cpu(data: Path) -> float:
     return total
 
 
-def machine() -> None:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor() or "?",
-    )
-    print(f"date      {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
-    print(f"cpu       {cpu}, {os.cpu_count()} cores; load avg {os.getloadavg()[0]:.2f} (1 min) at start")
-    print(f"os        {platform.platform()}")
-    print(f"python    {platform.python_version()}")
-
-
 async def baseline(fake: FakeProcess, ca: Path, facility: str, n: int) -> tuple[float, int]:
     """POST n batches straight to the fake, paced at RATE with 10 in flight; (seconds, 429s)."""
     limited = 0
@@ -124,7 +108,7 @@ async def baseline(fake: FakeProcess, ca: Path, facility: str, n: int) -> tuple[
 
 
 async def main(args: argparse.Namespace) -> None:
-    machine()
+    machine.describe()
     with tempfile.TemporaryDirectory(prefix="seedline-bench-int-") as tmp:
         root = Path(tmp)
         pg_data = root / "pg"

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import os
-import platform
 import re
 import resource
 import shutil
@@ -49,6 +47,7 @@ from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from machine import describe
 from seedline.plant.v1 import plant_pb2 as pl
 from seedline.plant.v1 import plant_pb2_grpc
 
@@ -302,14 +301,10 @@ def first_line(cmd: list[str]) -> str:
 
 
 def machine(pg_data: Path) -> None:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "?")  # fmt: skip
+    describe()
     envoy = re.search(r"version: \w+/([\d.]+)", first_line([edge_mod.envoy_binary(), "--version"]))
     curl = re.match(r"curl \S+", first_line(["curl", "--version"]))
-    print(f"date      {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
-    print(f"cpu       {cpu}, {os.cpu_count()} cores; load avg {os.getloadavg()[0]:.2f} (1 min) at start")
-    print(f"os        {platform.platform()}")
-    print(f"python    {platform.python_version()}, grpcio {grpc.__version__}")
+    print(f"grpcio    {grpc.__version__}")
     print(f"envoy     {envoy.group(1) if envoy else '?'}")
     print(f"postgres  {(pg_data / 'PG_VERSION').read_text().strip()} (embedded, unix socket)")
     print(f"tools     {first_line(['h2load', '--version'])}, {curl.group(0) if curl else '?'}")

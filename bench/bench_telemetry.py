@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +34,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import machine
 import numpy as np
 from google.protobuf import duration_pb2
 from seedline.license.v1 import license_pb2 as lic
@@ -55,21 +54,6 @@ WINDOW = 16
 PER_BATCH = 1000
 SENSORS_PER_GATEWAY = 100
 DAY_US = 86_400 * 1_000_000
-
-
-def machine() -> None:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor() or "?",
-    )
-    print(f"date      {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
-    print(f"cpu       {cpu}, {os.cpu_count()} cores; load avg {os.getloadavg()[0]:.2f} (1 min) at start")
-    print(f"os        {platform.platform()}")
-    print(f"python    {platform.python_version()}")
 
 
 def server_pids(parent: int) -> list[int]:
@@ -264,7 +248,7 @@ def rows_of(keys: dict[str, int], ids: list[list[str]], n: int, start: dt.dateti
 
 
 async def main(args: argparse.Namespace) -> None:
-    machine()
+    machine.describe()
     with tempfile.TemporaryDirectory(prefix="seedline-bench-tel-") as tmp:
         root = Path(tmp)
         pg = db.start_embedded(root / "pg", database="bench")
